@@ -1,0 +1,182 @@
+//! The access log of SPEC §6: one line per request on stdout.
+//!
+//! Lines go through a bounded channel to one writer thread that batches them into
+//! few `write` calls; a request never waits on stdout unless the channel is full,
+//! and then it waits rather than drop a line.
+
+use crate::config::LogFormat;
+use serde_json::{json, Value};
+use std::io::Write;
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::OnceLock;
+
+/// One request, as logged. Fields that never reached an upstream are `None`.
+#[derive(Debug, Clone, Default)]
+pub struct Entry<'a> {
+    pub request_id: &'a str,
+    pub client: Option<String>,
+    pub method: &'a str,
+    /// Without the query string, which may hold secrets.
+    pub path: &'a str,
+    pub route: &'a str,
+    pub consumer: Option<&'a str>,
+    pub status: u16,
+    pub upstream: Option<&'a str>,
+    pub peer: Option<&'a str>,
+    pub upstream_status: Option<u16>,
+    pub duration_ms: f64,
+    pub upstream_ms: Option<f64>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub error: Option<&'a str>,
+}
+
+impl Entry<'_> {
+    /// The line, without its newline.
+    pub fn render(&self, format: LogFormat) -> String {
+        let ts = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        match format {
+            LogFormat::Json => {
+                let v: Value = json!({
+                    "ts": ts,
+                    "request_id": self.request_id,
+                    "client": self.client,
+                    "method": self.method,
+                    "path": self.path,
+                    "route": self.route,
+                    "consumer": self.consumer,
+                    "status": self.status,
+                    "upstream": self.upstream,
+                    "peer": self.peer,
+                    "upstream_status": self.upstream_status,
+                    "duration_ms": round3(self.duration_ms),
+                    "upstream_ms": self.upstream_ms.map(round3),
+                    "bytes_in": self.bytes_in,
+                    "bytes_out": self.bytes_out,
+                    "error": self.error,
+                });
+                v.to_string()
+            }
+            LogFormat::Text => format!(
+                "{ts} {} {} {} {:?} {} route={} consumer={} upstream={} peer={} duration_ms={:.3} bytes_in={} bytes_out={}{}",
+                self.request_id,
+                self.client.as_deref().unwrap_or("-"),
+                self.method,
+                self.path,
+                self.status,
+                self.route,
+                self.consumer.unwrap_or("-"),
+                self.upstream.unwrap_or("-"),
+                self.peer.unwrap_or("-"),
+                self.duration_ms,
+                self.bytes_in,
+                self.bytes_out,
+                self.error.map(|e| format!(" error={e}")).unwrap_or_default(),
+            ),
+        }
+    }
+}
+
+fn round3(ms: f64) -> f64 {
+    (ms * 1000.0).round() / 1000.0
+}
+
+enum Message {
+    Line(String),
+    /// Answered once every line queued before it is written out.
+    Flush(SyncSender<()>),
+}
+
+fn writer() -> &'static SyncSender<Message> {
+    static TX: OnceLock<SyncSender<Message>> = OnceLock::new();
+    TX.get_or_init(|| {
+        let (tx, rx) = sync_channel::<Message>(16 * 1024);
+        let spawned = std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || {
+                let stdout = std::io::stdout();
+                let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
+                let mut flushed = Vec::new();
+                while let Ok(first) = rx.recv() {
+                    for msg in
+                        std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok()))
+                    {
+                        match msg {
+                            Message::Line(line) => {
+                                let _ = writeln!(out, "{line}");
+                            }
+                            Message::Flush(done) => flushed.push(done),
+                        }
+                    }
+                    let _ = out.flush();
+                    for done in flushed.drain(..) {
+                        let _ = done.send(());
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            log::error!("cannot start the access-log writer: {e}");
+        }
+        tx
+    })
+}
+
+/// Queues one line for stdout.
+pub fn write(line: String) {
+    if writer().send(Message::Line(line)).is_err() {
+        log::error!("the access-log writer has stopped; a line was lost");
+    }
+}
+
+/// Waits (up to a second) until every queued line is on stdout; before exit.
+pub fn flush() {
+    let (done_tx, done_rx) = sync_channel(1);
+    if writer().send(Message::Flush(done_tx)).is_ok() {
+        let _ = done_rx.recv_timeout(std::time::Duration::from_secs(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_line_has_every_field_and_nulls_where_no_upstream() {
+        let e = Entry {
+            request_id: "r1",
+            client: Some("127.0.0.1".into()),
+            method: "GET",
+            path: "/x",
+            route: "none",
+            status: 404,
+            duration_ms: 1.23456,
+            error: Some("no_route"),
+            ..Default::default()
+        };
+        let v: Value = serde_json::from_str(&e.render(LogFormat::Json)).expect("json");
+        for field in [
+            "ts",
+            "request_id",
+            "client",
+            "method",
+            "path",
+            "route",
+            "consumer",
+            "status",
+            "upstream",
+            "peer",
+            "upstream_status",
+            "duration_ms",
+            "upstream_ms",
+            "bytes_in",
+            "bytes_out",
+            "error",
+        ] {
+            assert!(v.get(field).is_some(), "{field} missing");
+        }
+        assert_eq!(v["upstream_status"], Value::Null);
+        assert_eq!(v["duration_ms"], 1.235);
+        assert_eq!(v["status"], 404);
+        assert!(v["ts"].as_str().is_some_and(|t| t.ends_with('Z')));
+    }
+}

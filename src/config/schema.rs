@@ -1,0 +1,313 @@
+//! The configuration file's types (SPEC §3), as written by the operator.
+//!
+//! Optional fields stay `Option` here; defaults are applied when the config is
+//! compiled into the gateway's tables, so that what was written stays visible.
+
+use super::decode::{decode_enum, decode_struct, ByteSize, Spanned, Table};
+use super::types::HeaderList;
+use http::{HeaderName, Method};
+use ipnet::IpNet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: Spanned<Vec<Listener>>,
+    pub admin: Option<Admin>,
+    pub threads: Option<Spanned<usize>>,
+    pub shutdown_grace: Option<Duration>,
+    pub limits: Option<Limits>,
+    pub log: Option<LogConf>,
+    pub trusted_proxies: Option<Vec<IpNet>>,
+    pub auth: Option<AuthConf>,
+    pub consumers: Option<Vec<Consumer>>,
+    pub upstreams: Option<Table<Upstream>>,
+    pub routes: Vec<Route>,
+    pub rate_limit: Option<RateLimitStore>,
+}
+decode_struct!(Config {
+    listen,
+    admin,
+    threads,
+    shutdown_grace,
+    limits,
+    log,
+    trusted_proxies,
+    auth,
+    consumers,
+    upstreams,
+    routes,
+    rate_limit
+});
+
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub addr: SocketAddr,
+    pub tls: Option<ListenerTls>,
+}
+decode_struct!(Listener { addr, tls });
+
+#[derive(Debug, Clone)]
+pub struct ListenerTls {
+    pub cert: String,
+    pub key: String,
+}
+decode_struct!(ListenerTls { cert, key });
+
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub addr: SocketAddr,
+}
+decode_struct!(Admin { addr });
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_header_bytes: Option<ByteSize>,
+    pub header_read_timeout: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
+    pub max_connections: Option<u64>,
+}
+decode_struct!(Limits {
+    max_header_bytes,
+    header_read_timeout,
+    idle_timeout,
+    max_connections
+});
+
+#[derive(Debug, Clone)]
+pub struct LogConf {
+    pub level: Option<LogLevel>,
+    pub format: Option<LogFormat>,
+}
+decode_struct!(LogConf { level, format });
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    #[default]
+    Info,
+    Debug,
+    Trace,
+}
+decode_enum!(LogLevel { "error" => Error, "warn" => Warn, "info" => Info, "debug" => Debug, "trace" => Trace });
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Text,
+}
+decode_enum!(LogFormat { "json" => Json, "text" => Text });
+
+#[derive(Debug, Clone)]
+pub struct AuthConf {
+    pub header: Option<HeaderName>,
+}
+decode_struct!(AuthConf { header });
+
+#[derive(Debug, Clone)]
+pub struct Consumer {
+    pub name: Spanned<String>,
+    pub keys: Option<Vec<Spanned<String>>>,
+    pub key_hashes: Option<Vec<Spanned<String>>>,
+    pub rate_limit: Option<RateLimit>,
+}
+decode_struct!(Consumer {
+    name,
+    keys,
+    key_hashes,
+    rate_limit
+});
+
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    pub requests: Spanned<u64>,
+    pub per: Spanned<Duration>,
+    pub by: Option<LimitBy>,
+}
+decode_struct!(RateLimit { requests, per, by });
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitBy {
+    Consumer,
+    Ip,
+    Route,
+}
+decode_enum!(LimitBy { "consumer" => Consumer, "ip" => Ip, "route" => Route });
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub peers: Spanned<Vec<Spanned<String>>>,
+    pub balance: Option<Balance>,
+    pub tls: Option<bool>,
+    pub sni: Option<String>,
+    pub verify: Option<bool>,
+    pub timeouts: Option<Timeouts>,
+    pub retries: Option<u32>,
+    pub health_check: Option<HealthCheck>,
+    pub headers: Option<HeaderList>,
+}
+decode_struct!(Upstream {
+    peers,
+    balance,
+    tls,
+    sni,
+    verify,
+    timeouts,
+    retries,
+    health_check,
+    headers
+});
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    Random,
+    LeastConnections,
+    ConsistentHash,
+}
+decode_enum!(Balance {
+    "round_robin" => RoundRobin,
+    "random" => Random,
+    "least_connections" => LeastConnections,
+    "consistent_hash" => ConsistentHash,
+});
+
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    pub connect: Option<Duration>,
+    pub read: Option<Duration>,
+    pub write: Option<Duration>,
+    pub idle: Option<Duration>,
+}
+decode_struct!(Timeouts {
+    connect,
+    read,
+    write,
+    idle
+});
+
+#[derive(Debug, Clone)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Option<Duration>,
+}
+decode_struct!(HealthCheck { path, interval });
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: Spanned<String>,
+    pub path: Spanned<String>,
+    pub methods: Option<Vec<Method>>,
+    pub host: Option<String>,
+    pub exact: Option<bool>,
+    pub upstream: Option<Spanned<String>>,
+    pub auth: Option<AuthMode>,
+    pub consumers: Option<Vec<Spanned<String>>>,
+    pub rate_limit: Option<RateLimit>,
+    pub request_headers: Option<HeaderRules>,
+    pub response_headers: Option<HeaderRules>,
+    pub strip_prefix: Option<bool>,
+    pub preserve_host: Option<bool>,
+    pub max_body: Option<ByteSize>,
+    pub timeout: Option<Duration>,
+    pub respond: Option<Respond>,
+    pub aggregate: Option<Table<AggregatePart>>,
+    pub max_part_body: Option<ByteSize>,
+}
+decode_struct!(Route {
+    name,
+    path,
+    methods,
+    host,
+    exact,
+    upstream,
+    auth,
+    consumers,
+    rate_limit,
+    request_headers,
+    response_headers,
+    strip_prefix,
+    preserve_host,
+    max_body,
+    timeout,
+    respond,
+    aggregate,
+    max_part_body
+});
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuthMode {
+    #[default]
+    ApiKey,
+    None,
+}
+decode_enum!(AuthMode { "api_key" => ApiKey, "none" => None });
+
+#[derive(Debug, Clone, Default)]
+pub struct HeaderRules {
+    pub set: Option<HeaderList>,
+    pub remove: Option<Vec<HeaderName>>,
+}
+decode_struct!(HeaderRules { set, remove });
+
+#[derive(Debug, Clone)]
+pub struct Respond {
+    pub status: Spanned<u16>,
+    pub body: Option<String>,
+    pub headers: Option<HeaderList>,
+}
+decode_struct!(Respond {
+    status,
+    body,
+    headers
+});
+
+#[derive(Debug, Clone)]
+pub struct AggregatePart {
+    pub upstream: Spanned<String>,
+    pub path: String,
+}
+decode_struct!(AggregatePart { upstream, path });
+
+#[derive(Debug, Clone)]
+pub struct RateLimitStore {
+    pub store: Option<Spanned<StoreKind>>,
+    pub redis: Option<RedisConf>,
+    pub on_store_error: Option<OnStoreError>,
+}
+decode_struct!(RateLimitStore {
+    store,
+    redis,
+    on_store_error
+});
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StoreKind {
+    #[default]
+    Local,
+    Redis,
+}
+decode_enum!(StoreKind { "local" => Local, "redis" => Redis });
+
+#[derive(Debug, Clone)]
+pub struct RedisConf {
+    pub url: String,
+    pub prefix: Option<String>,
+    pub timeout: Option<Duration>,
+}
+decode_struct!(RedisConf {
+    url,
+    prefix,
+    timeout
+});
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnStoreError {
+    #[default]
+    Allow,
+    Deny,
+}
+decode_enum!(OnStoreError { "allow" => Allow, "deny" => Deny });

@@ -1,0 +1,19 @@
+//! Portcullis: an API gateway on Cloudflare's Pingora.
+//!
+//! Data flows one way: the YAML file is decoded and checked ([`config`]), compiled
+//! into immutable tables ([`gateway`]: [`router`], [`auth`], [`upstream`]), and
+//! read by the request phases ([`proxy`]). The pure core (config, router, auth,
+//! forward, reply) holds no Pingora types.
+
+pub mod access_log;
+pub mod auth;
+pub mod config;
+pub mod demo;
+pub mod forward;
+pub mod gateway;
+pub mod metrics;
+pub mod proxy;
+pub mod reply;
+pub mod router;
+pub mod server;
+pub mod upstream;

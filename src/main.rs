@@ -1,0 +1,86 @@
+//! The `portcullis` command line (SPEC §2).
+
+use clap::{Parser, Subcommand};
+use portcullis::config;
+use portcullis::gateway::Gateway;
+use portcullis::server::{self, Plan, ProcessFlags};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// An API gateway on Cloudflare's Pingora.
+#[derive(Parser, Debug)]
+#[command(
+    name = "portcullis",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    /// The gateway's YAML config file.
+    #[arg(short, long, value_name = "FILE")]
+    conf: Option<PathBuf>,
+    /// Check the config file and exit: 0 when valid, 1 with every error listed.
+    #[arg(short, long)]
+    test: bool,
+    /// Run in the background (Pingora's daemon mode).
+    #[arg(short, long)]
+    daemon: bool,
+    /// Take the listening sockets over from a running instance (zero-downtime upgrade).
+    #[arg(short, long)]
+    upgrade: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Start demo user and order services and the gateway in front of them.
+    Demo {
+        /// Where the gateway listens.
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        listen: SocketAddr,
+        /// Where the admin listener (metrics, health) listens.
+        #[arg(long, default_value = server::DEFAULT_ADMIN)]
+        admin: SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Demo { listen, admin }) = cli.command {
+        return match portcullis::demo::run(listen, admin) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("portcullis demo: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let Some(path) = cli.conf else {
+        eprintln!("portcullis: no config file; use -c FILE (or `portcullis demo`)");
+        return ExitCode::from(2);
+    };
+    let file = path.display().to_string();
+    let checked = config::load_file(&path)
+        .and_then(|config| Gateway::compile(&config, &file).map(|gw| (config, gw)));
+    let (config, gateway) = match checked {
+        Ok(loaded) => loaded,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{file}: {} error(s)", errors.0.len());
+            return ExitCode::FAILURE;
+        }
+    };
+    if cli.test {
+        println!("{file}: the configuration is valid");
+        return ExitCode::SUCCESS;
+    }
+    server::init_logging(&config);
+    let flags = ProcessFlags {
+        daemon: cli.daemon,
+        upgrade: cli.upgrade,
+    };
+    server::run(server::assemble(Plan::from_config(&config), gateway, flags));
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,312 @@
+//! Metric families of SPEC §5 and the admin listener that exports them.
+//!
+//! Families live in the `prometheus` crate's default registry (the one Pingora's
+//! own exporter reads). Each route resolves its labelled handles once, when the
+//! config is compiled, so the request path never formats or hashes labels except
+//! for `requests_total`, whose status label is only known at the end.
+
+use async_trait::async_trait;
+use http::{Method, Response, StatusCode};
+use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::protocols::http::ServerSession;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Every metric family, registered once per process.
+pub struct Families {
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub upstream_duration: HistogramVec,
+    pub in_flight: IntGaugeVec,
+    pub request_bytes: IntCounterVec,
+    pub response_bytes: IntCounterVec,
+    pub auth_failures: IntCounterVec,
+    pub rate_limited: IntCounterVec,
+    pub upstream_errors: IntCounterVec,
+    pub config_reloads: IntCounterVec,
+}
+
+fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    reg.register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+fn histogram(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec());
+    let h = HistogramVec::new(opts, labels).expect("valid metric definition");
+    reg.register(Box::new(h.clone()))
+        .expect("metric registered once");
+    h
+}
+
+fn gauge(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    reg.register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
+/// The process's metric families (registered on first use).
+pub fn families() -> &'static Families {
+    static FAMILIES: OnceLock<Families> = OnceLock::new();
+    FAMILIES.get_or_init(|| {
+        let reg = prometheus::default_registry();
+        let f = Families {
+            requests: counter(
+                reg,
+                "portcullis_requests_total",
+                "Requests answered, by route, method and status.",
+                &["route", "method", "status"],
+            ),
+            request_duration: histogram(
+                reg,
+                "portcullis_request_duration_seconds",
+                "Time from request received to response sent.",
+                &["route"],
+            ),
+            upstream_duration: histogram(
+                reg,
+                "portcullis_upstream_duration_seconds",
+                "Time from choosing a peer to its response header.",
+                &["route", "upstream"],
+            ),
+            in_flight: gauge(
+                reg,
+                "portcullis_requests_in_flight",
+                "Requests being handled.",
+                &["route"],
+            ),
+            request_bytes: counter(
+                reg,
+                "portcullis_request_size_bytes_total",
+                "Request body bytes received from clients.",
+                &["route"],
+            ),
+            response_bytes: counter(
+                reg,
+                "portcullis_response_size_bytes_total",
+                "Response body bytes sent to clients.",
+                &["route"],
+            ),
+            auth_failures: counter(
+                reg,
+                "portcullis_auth_failures_total",
+                "Requests refused by API-key authentication.",
+                &["route", "reason"],
+            ),
+            rate_limited: counter(
+                reg,
+                "portcullis_rate_limited_total",
+                "Requests refused by a rate limit.",
+                &["route"],
+            ),
+            upstream_errors: counter(
+                reg,
+                "portcullis_upstream_errors_total",
+                "Failures talking to upstream peers.",
+                &["route", "upstream", "kind"],
+            ),
+            config_reloads: counter(
+                reg,
+                "portcullis_config_reloads_total",
+                "Configuration reloads, by result.",
+                &["result"],
+            ),
+        };
+        for result in ["ok", "error"] {
+            f.config_reloads.with_label_values(&[result]);
+        }
+        f
+    })
+}
+
+/// The label for a method: the standard ones, else `OTHER` (bounded cardinality).
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}
+
+/// The `status` label, from a table built once (no formatting per request).
+fn status_label(status: u16) -> &'static str {
+    static LABELS: OnceLock<Vec<String>> = OnceLock::new();
+    let labels = LABELS.get_or_init(|| (0..600u16).map(|s| s.to_string()).collect());
+    labels
+        .get(usize::from(status))
+        .map_or("other", String::as_str)
+}
+
+/// Why authentication failed, as the `reason` label.
+#[derive(Debug, Clone, Copy)]
+pub enum AuthFailure {
+    Missing,
+    Invalid,
+    Forbidden,
+}
+
+/// What went wrong with an upstream, as the `kind` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    Connect,
+    Timeout,
+    Protocol,
+}
+
+/// A route's handles to the per-upstream families.
+#[derive(Clone)]
+pub struct UpstreamMetrics {
+    pub duration: Histogram,
+    connect_errors: IntCounter,
+    timeouts: IntCounter,
+    protocol_errors: IntCounter,
+}
+
+impl UpstreamMetrics {
+    pub fn error(&self, kind: UpstreamErrorKind) -> &IntCounter {
+        match kind {
+            UpstreamErrorKind::Connect => &self.connect_errors,
+            UpstreamErrorKind::Timeout => &self.timeouts,
+            UpstreamErrorKind::Protocol => &self.protocol_errors,
+        }
+    }
+}
+
+/// One route's handles, resolved when the config is compiled.
+#[derive(Clone)]
+pub struct RouteMetrics {
+    pub route: String,
+    pub duration: Histogram,
+    pub in_flight: IntGauge,
+    pub request_bytes: IntCounter,
+    pub response_bytes: IntCounter,
+    auth_missing: IntCounter,
+    auth_invalid: IntCounter,
+    auth_forbidden: IntCounter,
+    pub rate_limited: IntCounter,
+}
+
+impl RouteMetrics {
+    pub fn new(route: &str) -> Self {
+        let f = families();
+        RouteMetrics {
+            route: route.to_string(),
+            duration: f.request_duration.with_label_values(&[route]),
+            in_flight: f.in_flight.with_label_values(&[route]),
+            request_bytes: f.request_bytes.with_label_values(&[route]),
+            response_bytes: f.response_bytes.with_label_values(&[route]),
+            auth_missing: f
+                .auth_failures
+                .with_label_values(&[route, "missing_api_key"]),
+            auth_invalid: f
+                .auth_failures
+                .with_label_values(&[route, "invalid_api_key"]),
+            auth_forbidden: f.auth_failures.with_label_values(&[route, "forbidden"]),
+            rate_limited: f.rate_limited.with_label_values(&[route]),
+        }
+    }
+
+    /// Handles for this route's traffic to `upstream`, exported from zero.
+    pub fn upstream(&self, upstream: &str) -> UpstreamMetrics {
+        let f = families();
+        let labels = |kind| [self.route.as_str(), upstream, kind];
+        UpstreamMetrics {
+            duration: f
+                .upstream_duration
+                .with_label_values(&[&self.route, upstream]),
+            connect_errors: f.upstream_errors.with_label_values(&labels("connect")),
+            timeouts: f.upstream_errors.with_label_values(&labels("timeout")),
+            protocol_errors: f.upstream_errors.with_label_values(&labels("protocol")),
+        }
+    }
+
+    pub fn auth_failure(&self, reason: AuthFailure) -> &IntCounter {
+        match reason {
+            AuthFailure::Missing => &self.auth_missing,
+            AuthFailure::Invalid => &self.auth_invalid,
+            AuthFailure::Forbidden => &self.auth_forbidden,
+        }
+    }
+
+    /// Counts one finished request.
+    pub fn count_request(&self, method: &Method, status: u16) {
+        families()
+            .requests
+            .with_label_values(&[
+                self.route.as_str(),
+                method_label(method),
+                status_label(status),
+            ])
+            .inc();
+    }
+}
+
+/// The Prometheus text exposition of every registered family.
+pub fn render() -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 * 1024);
+    let families = prometheus::default_registry().gather();
+    if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
+        log::error!("cannot encode metrics: {e}");
+    }
+    out
+}
+
+/// The admin listener: `/metrics`, `/healthz`, `/readyz`.
+pub struct AdminApp {
+    /// Set once the gateway's listeners are bound; cleared when shutting down.
+    pub ready: Arc<AtomicBool>,
+}
+
+fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    let len = resp.body().len();
+    let headers = resp.headers_mut();
+    if let Ok(v) = content_type.parse() {
+        headers.insert(http::header::CONTENT_TYPE, v);
+    }
+    headers.insert(http::header::CONTENT_LENGTH, len.into());
+    resp
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let json = "application/json";
+        match session.req_header().uri.path() {
+            "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", render()),
+            "/healthz" => reply(StatusCode::OK, json, b"{\"status\":\"ok\"}\n".to_vec()),
+            "/readyz" if self.ready.load(Ordering::Acquire) => {
+                reply(StatusCode::OK, json, b"{\"status\":\"ready\"}\n".to_vec())
+            }
+            "/readyz" => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json,
+                b"{\"status\":\"not_ready\"}\n".to_vec(),
+            ),
+            _ => reply(
+                StatusCode::NOT_FOUND,
+                json,
+                b"{\"error\":\"not_found\",\"message\":\"the admin listener serves /metrics, /healthz and /readyz\"}\n".to_vec(),
+            ),
+        }
+    }
+}

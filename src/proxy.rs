@@ -1,0 +1,652 @@
+//! The Pingora `ProxyHttp` implementation. Each phase has one job and delegates
+//! the deciding to the pure modules: `request_filter` decides (route, key, body
+//! size) and answers or records the decision; `upstream_peer` picks a peer;
+//! `upstream_request_filter` rewrites the outgoing headers; `response_filter`
+//! rewrites the answer; `logging` records metrics and the access-log line once.
+
+use crate::access_log::{self, Entry};
+use crate::config::LogFormat;
+use crate::forward;
+use crate::gateway::{Gateway, HeaderRules, Route, Target};
+use crate::metrics::{AuthFailure, RouteMetrics, UpstreamErrorKind};
+use crate::reply::Refusal;
+use crate::router::{host_without_port, strip_segments, Lookup};
+use crate::upstream::NoPeer;
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::{HeaderName, HeaderValue, Uri};
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Requests between `request_filter` and `logging`, process-wide: a graceful
+/// shutdown exits as soon as this reaches zero.
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// How many requests are being handled right now.
+pub fn in_flight() -> usize {
+    IN_FLIGHT.load(Ordering::Acquire)
+}
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// The gateway as a Pingora proxy: reads the current tables for each request.
+pub struct Portcullis {
+    pub tables: Arc<ArcSwap<Gateway>>,
+    pub log_format: LogFormat,
+}
+
+/// What earlier phases decided, for the later ones.
+pub struct RequestCtx {
+    /// The tables this request started with, kept to its end across reloads.
+    gateway: Arc<Gateway>,
+    started: Instant,
+    request_id: String,
+    client: Option<IpAddr>,
+    forwarded_for: String,
+    route: Option<usize>,
+    consumer: Option<usize>,
+    refusal: Option<Refusal>,
+    deadline: Option<Instant>,
+    /// The peer in use and every peer tried, for retries on another one.
+    peer: Option<usize>,
+    tried: Vec<usize>,
+    upstream_started: Option<Instant>,
+    upstream_elapsed: Option<Duration>,
+    upstream_status: Option<u16>,
+    body_bytes: u64,
+    /// Whether this request was counted in `requests_in_flight` (and the drain count).
+    in_flight: bool,
+}
+
+impl RequestCtx {
+    fn route<'g>(&self, gateway: &'g Gateway) -> Option<&'g Route> {
+        self.route.map(|i| &gateway.routes[i])
+    }
+
+    fn metrics(&self) -> &RouteMetrics {
+        self.route(&self.gateway)
+            .map_or(&self.gateway.unrouted, |r| &r.metrics)
+    }
+
+    /// The upstream this request is proxied to, if any.
+    fn upstream_index(&self) -> Option<usize> {
+        match self.route(&self.gateway)?.target {
+            Target::Upstream { upstream, .. } => Some(upstream),
+            Target::Respond { .. } => None,
+        }
+    }
+}
+
+fn header_str<'a>(
+    req: &'a RequestHeader,
+    name: impl http::header::AsHeaderName,
+) -> Option<&'a str> {
+    req.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The request's host without port, from `host` or the HTTP/2 authority.
+fn request_host(req: &RequestHeader) -> Option<&str> {
+    header_str(req, HOST)
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+        .map(host_without_port)
+}
+
+fn apply_rules<F: FnMut(&HeaderName, Option<&HeaderValue>)>(rules: &HeaderRules, mut apply: F) {
+    for name in &rules.remove {
+        apply(name, None);
+    }
+    for (name, value) in &rules.set {
+        apply(name, Some(value));
+    }
+}
+
+impl Portcullis {
+    /// Sends one of the gateway's own JSON answers.
+    async fn refuse(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        refusal: Refusal,
+    ) -> Result<()> {
+        let body = refusal.body(&ctx.request_id);
+        let mut resp = ResponseHeader::build(refusal.status(), Some(5))?;
+        resp.insert_header(CONTENT_TYPE, "application/json")?;
+        resp.insert_header(CONTENT_LENGTH, body.len())?;
+        resp.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        for (name, value) in refusal.extra_headers(ctx.gateway.auth_header.as_str()) {
+            resp.insert_header(name, value)?;
+        }
+        if refusal.closes_connection() || !session.is_body_empty() {
+            // Unread request bytes must not be parsed as the next request.
+            session.set_keepalive(None);
+        }
+        ctx.refusal = Some(refusal);
+        session.write_response_header(Box::new(resp), false).await?;
+        session
+            .write_response_body(Some(Bytes::from(body)), true)
+            .await
+    }
+
+    /// Answers a `respond:` route.
+    async fn respond(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        route: &Route,
+        status: u16,
+        body: &Bytes,
+        headers: &[(HeaderName, HeaderValue)],
+    ) -> Result<()> {
+        let mut resp = ResponseHeader::build(status, Some(4 + headers.len()))?;
+        resp.insert_header(CONTENT_LENGTH, body.len())?;
+        for (name, value) in headers {
+            resp.insert_header(name.clone(), value.clone())?;
+        }
+        apply_rules(&route.response_headers, |name, value| match value {
+            Some(v) => {
+                let _ = resp.insert_header(name.clone(), v.clone());
+            }
+            None => {
+                resp.remove_header(name);
+            }
+        });
+        resp.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        if !session.is_body_empty() {
+            session.set_keepalive(None);
+        }
+        session
+            .write_response_header(Box::new(resp), body.is_empty())
+            .await?;
+        if !body.is_empty() {
+            session
+                .write_response_body(Some(body.clone()), true)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Route, key and body-size checks; `Err` is the refusal to send.
+    fn admit(&self, session: &Session, ctx: &mut RequestCtx) -> std::result::Result<(), Refusal> {
+        let gw = &ctx.gateway;
+        let req = session.req_header();
+        let route_index = match gw.route(&req.method, req.uri.path(), request_host(req)) {
+            Lookup::Found(i) => i,
+            Lookup::MethodNotAllowed(allow) => return Err(Refusal::MethodNotAllowed { allow }),
+            Lookup::NotFound => return Err(Refusal::NoRoute),
+        };
+        ctx.route = Some(route_index);
+        let route = &gw.routes[route_index];
+
+        if route.needs_key {
+            let (consumer, failure) = match req.headers.get(&gw.auth_header) {
+                None => (None, Some((AuthFailure::Missing, Refusal::MissingApiKey))),
+                Some(key) => match gw.keys.find(key.as_bytes()) {
+                    None => (None, Some((AuthFailure::Invalid, Refusal::InvalidApiKey))),
+                    Some(id) if route.consumers.as_ref().is_some_and(|c| !c.contains(&id)) => {
+                        (Some(id), Some((AuthFailure::Forbidden, Refusal::Forbidden)))
+                    }
+                    Some(id) => (Some(id), None),
+                },
+            };
+            ctx.consumer = consumer;
+            if let Some((reason, refusal)) = failure {
+                route.metrics.auth_failure(reason).inc();
+                return Err(refusal);
+            }
+        }
+
+        if let (Some(max), Some(len)) = (route.max_body, header_str(req, CONTENT_LENGTH)) {
+            if len.trim().parse::<u64>().map_or(true, |n| n > max) {
+                return Err(Refusal::PayloadTooLarge);
+            }
+        }
+        ctx.deadline = route.timeout.map(|t| ctx.started + t);
+        Ok(())
+    }
+}
+
+/// How an error from Pingora is told to the client.
+fn refusal_for(e: &Error, ctx: &RequestCtx) -> Option<Refusal> {
+    if let Some(r) = &ctx.refusal {
+        return Some(r.clone());
+    }
+    let deadline_passed = ctx.deadline.is_some_and(|d| Instant::now() >= d);
+    match (e.esource(), e.etype()) {
+        (_, ErrorType::HTTPStatus(413)) => Some(Refusal::PayloadTooLarge),
+        (ErrorSource::Upstream, ErrorType::ReadTimedout | ErrorType::WriteTimedout) => {
+            Some(Refusal::GatewayTimeout)
+        }
+        (ErrorSource::Upstream, _) if deadline_passed => Some(Refusal::GatewayTimeout),
+        (ErrorSource::Upstream, _) => Some(Refusal::BadGateway),
+        (
+            ErrorSource::Downstream,
+            ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed,
+        ) => {
+            None // the client is gone: nobody to answer
+        }
+        (ErrorSource::Downstream, ErrorType::ReadTimedout) => None,
+        (ErrorSource::Downstream, _) => Some(Refusal::BadRequest),
+        (
+            _,
+            ErrorType::ConnectTimedout
+            | ErrorType::ConnectRefused
+            | ErrorType::ConnectNoRoute
+            | ErrorType::ConnectError,
+        ) => Some(Refusal::BadGateway),
+        _ => Some(Refusal::Internal),
+    }
+}
+
+fn upstream_error_kind(e: &Error) -> UpstreamErrorKind {
+    match e.etype() {
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout => UpstreamErrorKind::Timeout,
+        ErrorType::ConnectTimedout
+        | ErrorType::ConnectRefused
+        | ErrorType::ConnectNoRoute
+        | ErrorType::ConnectError
+        | ErrorType::TLSHandshakeFailure
+        | ErrorType::TLSHandshakeTimedout
+        | ErrorType::InvalidCert
+        | ErrorType::HandshakeError
+        | ErrorType::SocketError
+        | ErrorType::BindError => UpstreamErrorKind::Connect,
+        _ => UpstreamErrorKind::Protocol,
+    }
+}
+
+/// Consistent-hash key: the client address's bytes.
+fn hash_key(client: Option<IpAddr>) -> ([u8; 16], usize) {
+    let mut key = [0u8; 16];
+    match client {
+        Some(IpAddr::V4(v4)) => {
+            key[..4].copy_from_slice(&v4.octets());
+            (key, 4)
+        }
+        Some(IpAddr::V6(v6)) => (v6.octets(), 16),
+        None => (key, 0),
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Portcullis {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            gateway: self.tables.load_full(),
+            started: Instant::now(),
+            request_id: String::new(),
+            client: None,
+            forwarded_for: String::new(),
+            route: None,
+            consumer: None,
+            refusal: None,
+            deadline: None,
+            peer: None,
+            tried: Vec::new(),
+            upstream_started: None,
+            upstream_elapsed: None,
+            upstream_status: None,
+            body_bytes: 0,
+            in_flight: false,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let req = session.req_header();
+        ctx.request_id = match req.headers.get(&X_REQUEST_ID) {
+            Some(id) if forward::is_valid_request_id(id.as_bytes()) => {
+                String::from_utf8_lossy(id.as_bytes()).into_owned()
+            }
+            _ => forward::new_request_id(),
+        };
+        if let Some(peer) = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+        {
+            let incoming = header_str(req, X_FORWARDED_FOR);
+            let (client, chain) =
+                forward::forwarded_for(peer, incoming, &ctx.gateway.trusted_proxies);
+            ctx.client = Some(client);
+            ctx.forwarded_for = chain;
+        }
+        let admitted = self.admit(session, ctx);
+        ctx.metrics().in_flight.inc();
+        ctx.in_flight = true;
+        IN_FLIGHT.fetch_add(1, Ordering::AcqRel);
+        if let Err(refusal) = admitted {
+            self.refuse(session, ctx, refusal).await?;
+            return Ok(true);
+        }
+        let gateway = ctx.gateway.clone();
+        let Some(route) = ctx.route(&gateway) else {
+            return Ok(false);
+        };
+        if let Target::Respond {
+            status,
+            body,
+            headers,
+        } = &route.target
+        {
+            self.respond(session, ctx, route, *status, body, headers)
+                .await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let gateway = ctx.gateway.clone();
+        let Some(upstream_index) = ctx.upstream_index() else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "route has no upstream",
+            ));
+        };
+        let upstream = &gateway.upstreams[upstream_index];
+        let budget = match ctx.deadline {
+            Some(d) => match d.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => Some(left),
+                _ => {
+                    ctx.refusal = Some(Refusal::GatewayTimeout);
+                    return Err(Error::explain(ErrorType::HTTPStatus(504), "route timeout"));
+                }
+            },
+            None => None,
+        };
+        let (key, len) = hash_key(ctx.client);
+        match upstream.pick_peer(&key[..len], &ctx.tried) {
+            Ok(i) => {
+                upstream.acquire(i);
+                ctx.peer = Some(i);
+                ctx.tried.push(i);
+                ctx.upstream_started = Some(Instant::now());
+                Ok(upstream.http_peer(i, budget))
+            }
+            Err(NoPeer::AllUnhealthy) => {
+                ctx.refusal = Some(Refusal::NoHealthyUpstream);
+                Err(Error::explain(
+                    ErrorType::HTTPStatus(503),
+                    "no healthy peer",
+                ))
+            }
+            Err(NoPeer::AllTried) => {
+                ctx.refusal = Some(Refusal::BadGateway);
+                Err(Error::explain(
+                    ErrorType::HTTPStatus(502),
+                    "every peer failed",
+                ))
+            }
+        }
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let gateway = ctx.gateway.clone();
+        if let (
+            Some(Route {
+                target: Target::Upstream { upstream, metrics },
+                ..
+            }),
+            Some(peer),
+        ) = (ctx.route(&gateway), ctx.peer.take())
+        {
+            metrics.error(UpstreamErrorKind::Connect).inc();
+            let upstream = &gateway.upstreams[*upstream];
+            upstream.release(peer);
+            // Nothing was sent yet, so another peer may take the request.
+            let attempts = ctx.tried.len() as u32;
+            if attempts <= upstream.retries && attempts < upstream.peers.len() as u32 {
+                e.set_retry(true);
+            }
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let gw = &ctx.gateway;
+        let (Some(route), Some(upstream_index), Some(peer)) =
+            (ctx.route(gw), ctx.upstream_index(), ctx.peer)
+        else {
+            return Ok(());
+        };
+        let upstream = &gw.upstreams[upstream_index];
+        let req = upstream_request;
+
+        req.remove_header(&gw.auth_header);
+        let is_upgrade = req.headers.contains_key(http::header::UPGRADE);
+        let listed: Vec<String> = req
+            .headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(forward::connection_listed)
+            .map(str::to_ascii_lowercase)
+            .collect();
+        for name in listed.iter().map(String::as_str).chain(forward::HOP_BY_HOP) {
+            if !(is_upgrade && name == "upgrade") {
+                req.remove_header(name);
+            }
+        }
+        if is_upgrade {
+            req.insert_header(http::header::CONNECTION, "upgrade")?;
+        }
+
+        let original_host = req.headers.get(HOST).cloned();
+        for name in &route.request_headers.remove {
+            req.remove_header(name);
+        }
+        for (name, value) in upstream.headers.iter().chain(&route.request_headers.set) {
+            req.insert_header(name.clone(), value.clone())?;
+        }
+        req.insert_header(X_FORWARDED_FOR, ctx.forwarded_for.as_str())?;
+        req.insert_header(X_FORWARDED_PROTO, "http")?;
+        if let Some(host) = &original_host {
+            req.insert_header(X_FORWARDED_HOST, host.clone())?;
+        }
+        req.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        if !route.preserve_host {
+            if upstream.tls && !upstream.sni.is_empty() {
+                req.insert_header(HOST, upstream.sni.as_str())?;
+            } else {
+                req.insert_header(HOST, upstream.peers[peer].host.clone())?;
+            }
+        }
+        if let Some(n) = route.strip_segments {
+            let path = strip_segments(session.req_header().uri.path(), n);
+            let uri = match session.req_header().uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path.to_string(),
+            };
+            let uri: Uri = uri.parse().map_err(|_| {
+                Error::explain(ErrorType::InternalError, "stripped path is not a URI")
+            })?;
+            req.set_uri(uri);
+        }
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(chunk) = body {
+            ctx.body_bytes += chunk.len() as u64;
+            let max = ctx.route(&ctx.gateway).and_then(|r| r.max_body);
+            if max.is_some_and(|m| ctx.body_bytes > m) {
+                ctx.refusal = Some(Refusal::PayloadTooLarge);
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body too large",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.upstream_status = Some(upstream_response.status.as_u16());
+        if let Some(started) = ctx.upstream_started {
+            let elapsed = started.elapsed();
+            ctx.upstream_elapsed = Some(elapsed);
+            if let Some(Route {
+                target: Target::Upstream { metrics, .. },
+                ..
+            }) = ctx.route(&ctx.gateway)
+            {
+                metrics.duration.observe(elapsed.as_secs_f64());
+            }
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let resp = upstream_response;
+        for name in &ctx.gateway.secret_headers {
+            resp.remove_header(name);
+        }
+        if resp.status != http::StatusCode::SWITCHING_PROTOCOLS {
+            for name in forward::HOP_BY_HOP {
+                resp.remove_header(name);
+            }
+        }
+        if let Some(route) = ctx.route(&ctx.gateway) {
+            for name in &route.response_headers.remove {
+                resp.remove_header(name);
+            }
+            for (name, value) in &route.response_headers.set {
+                resp.insert_header(name.clone(), value.clone())?;
+            }
+        }
+        resp.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        if e.esource() == &ErrorSource::Upstream {
+            let kind = upstream_error_kind(e);
+            // Connect failures were counted per attempt in `fail_to_connect`.
+            if kind != UpstreamErrorKind::Connect {
+                if let Some(Route {
+                    target: Target::Upstream { metrics, .. },
+                    ..
+                }) = ctx.route(&ctx.gateway)
+                {
+                    metrics.error(kind).inc();
+                }
+            }
+        }
+        let refusal = refusal_for(e, ctx);
+        let code = match refusal {
+            Some(refusal) if session.response_written().is_none() => {
+                let status = refusal.status();
+                if let Err(write_error) = self.refuse(session, ctx, refusal).await {
+                    log::debug!("cannot send the error answer: {write_error}");
+                }
+                status
+            }
+            Some(refusal) => {
+                // The answer had started: the connection is cut instead.
+                let status = refusal.status();
+                ctx.refusal = Some(refusal);
+                status
+            }
+            None => 0,
+        };
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let gw = ctx.gateway.clone();
+        let metrics = ctx.metrics();
+        let req = session.req_header();
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let elapsed = ctx.started.elapsed();
+        let bytes_in = session.body_bytes_read() as u64;
+        let bytes_out = session.body_bytes_sent() as u64;
+
+        metrics.count_request(&req.method, status);
+        metrics.duration.observe(elapsed.as_secs_f64());
+        if ctx.in_flight {
+            metrics.in_flight.dec();
+            IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
+        }
+        metrics.request_bytes.inc_by(bytes_in);
+        metrics.response_bytes.inc_by(bytes_out);
+
+        let upstream = ctx.upstream_index().map(|i| &gw.upstreams[i]);
+        if let (Some(upstream), Some(peer)) = (upstream, ctx.peer) {
+            upstream.release(peer);
+        }
+        let line = Entry {
+            request_id: &ctx.request_id,
+            client: ctx.client.map(|c| c.to_string()),
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            route: &metrics.route,
+            consumer: ctx.consumer.map(|c| gw.keys.consumer_name(c)),
+            status,
+            upstream: upstream
+                .filter(|_| !ctx.tried.is_empty())
+                .map(|u| u.name.as_str()),
+            peer: upstream
+                .zip(ctx.tried.last())
+                .map(|(u, &p)| u.peers[p].label.as_str()),
+            upstream_status: ctx.upstream_status,
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            upstream_ms: ctx.upstream_elapsed.map(|d| d.as_secs_f64() * 1000.0),
+            bytes_in,
+            bytes_out,
+            error: ctx.refusal.as_ref().map(Refusal::code),
+        }
+        .render(self.log_format);
+        access_log::write(line);
+    }
+}

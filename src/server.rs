@@ -1,0 +1,247 @@
+//! Assembles the Pingora server from a checked config and runs it: the proxy
+//! service on the `listen` addresses, the admin service, readiness and the
+//! graceful drain on SIGTERM.
+
+use crate::access_log;
+use crate::config::{Config, LogFormat, LogLevel};
+use crate::gateway::Gateway;
+use crate::metrics::AdminApp;
+use crate::proxy::{self, Portcullis};
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::server::{Server, ShutdownWatch};
+use pingora_core::services::background::{background_service, BackgroundService};
+use pingora_core::services::listening::Service;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+
+/// Where the admin listener goes when the config names none.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9100";
+const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Pingora's own switches that our command line passes through.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ProcessFlags {
+    pub daemon: bool,
+    pub upgrade: bool,
+}
+
+/// Sets up the process log (stderr) from `log:`; `RUST_LOG` overrides the level.
+pub fn init_logging(config: &Config) {
+    let conf = config.log.as_ref();
+    let level = match conf.and_then(|l| l.level).unwrap_or_default() {
+        LogLevel::Error => log::LevelFilter::Error,
+        LogLevel::Warn => log::LevelFilter::Warn,
+        LogLevel::Info => log::LevelFilter::Info,
+        LogLevel::Debug => log::LevelFilter::Debug,
+        LogLevel::Trace => log::LevelFilter::Trace,
+    };
+    let format = conf.and_then(|l| l.format).unwrap_or_default();
+    let mut builder = env_logger::Builder::new();
+    builder.filter_level(level).parse_default_env();
+    if format == LogFormat::Json {
+        builder.format(|buf, record| {
+            use std::io::Write;
+            let line = serde_json::json!({
+                "ts": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                "level": record.level().as_str().to_ascii_lowercase(),
+                "target": record.target(),
+                "message": record.args().to_string(),
+            });
+            writeln!(buf, "{line}")
+        });
+    }
+    // A second init (the demo after a failed start) keeps the first logger.
+    let _ = builder.try_init();
+}
+
+/// What the gateway listens on and how it is run, from the config.
+pub struct Plan {
+    pub listen: Vec<SocketAddr>,
+    pub admin: SocketAddr,
+    pub threads: usize,
+    pub shutdown_grace: Duration,
+    pub log_format: LogFormat,
+}
+
+impl Plan {
+    pub fn from_config(config: &Config) -> Plan {
+        let admin = config
+            .admin
+            .as_ref()
+            .map(|a| a.addr)
+            .or_else(|| DEFAULT_ADMIN.parse().ok())
+            .unwrap_or_else(|| SocketAddr::from((Ipv4Addr::LOCALHOST, 9100)));
+        Plan {
+            listen: config.listen.value.iter().map(|l| l.addr).collect(),
+            admin,
+            threads: config
+                .threads
+                .as_ref()
+                .map(|t| t.value)
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            shutdown_grace: config.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+            log_format: config
+                .log
+                .as_ref()
+                .and_then(|l| l.format)
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// A Pingora server carrying the gateway's services, ready for more services
+/// (the demo adds its backends) and then [`run`].
+pub struct Assembled {
+    pub server: Server,
+    pub tables: Arc<ArcSwap<Gateway>>,
+    plan: Plan,
+    ready: Arc<AtomicBool>,
+}
+
+pub fn assemble(plan: Plan, gateway: Gateway, flags: ProcessFlags) -> Assembled {
+    let conf = ServerConf {
+        threads: plan.threads,
+        // Pingora sleeps the whole grace period; our drain watcher exits as soon
+        // as the last in-flight request is done (see `watch_shutdown`).
+        grace_period_seconds: Some(plan.shutdown_grace.as_secs_f64().ceil() as u64),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let opt = Opt {
+        daemon: flags.daemon,
+        upgrade: flags.upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let tables = Arc::new(ArcSwap::from_pointee(gateway));
+    let portcullis = Portcullis {
+        tables: tables.clone(),
+        log_format: plan.log_format,
+    };
+    let mut proxy_service = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        portcullis,
+        "portcullis",
+    );
+    for addr in &plan.listen {
+        proxy_service.add_tcp(&addr.to_string());
+    }
+    server.add_service(proxy_service);
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let mut admin = Service::new(
+        "admin".to_string(),
+        AdminApp {
+            ready: ready.clone(),
+        },
+    );
+    admin.add_tcp(&plan.admin.to_string());
+    server.add_service(admin);
+
+    Assembled {
+        server,
+        tables,
+        plan,
+        ready,
+    }
+}
+
+/// Runs until shutdown; returns when the server has stopped.
+pub fn run(assembled: Assembled) {
+    let Assembled {
+        mut server,
+        plan,
+        ready,
+        ..
+    } = assembled;
+    log::info!(
+        "portcullis {} listening on {} (admin {}), {} threads",
+        env!("CARGO_PKG_VERSION"),
+        plan.listen
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        plan.admin,
+        plan.threads
+    );
+    // Background services, not threads: threads started before `run` would be
+    // lost when `--daemon` forks.
+    server.add_service(background_service(
+        "lifecycle",
+        Lifecycle {
+            listen: plan.listen.iter().map(|a| dialable(*a)).collect(),
+            grace: plan.shutdown_grace,
+            ready,
+        },
+    ));
+    server.run(pingora_core::server::RunArgs::default());
+    access_log::flush();
+}
+
+/// Readiness and the graceful drain.
+struct Lifecycle {
+    /// The proxy listeners, as addresses to dial.
+    listen: Vec<SocketAddr>,
+    grace: Duration,
+    ready: Arc<AtomicBool>,
+}
+
+#[async_trait]
+impl BackgroundService for Lifecycle {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        // `/readyz` turns ready once every proxy listener accepts connections.
+        while !*shutdown.borrow() {
+            let mut bound = true;
+            for addr in &self.listen {
+                bound &= TcpStream::connect(addr).await.is_ok();
+            }
+            if bound {
+                self.ready.store(true, Ordering::Release);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        while !*shutdown.borrow() {
+            if shutdown.changed().await.is_err() {
+                return;
+            }
+        }
+        // Pingora closes the listeners, then sleeps the whole grace period; SPEC §2
+        // wants "up to": exit 0 as soon as no request is in flight.
+        self.ready.store(false, Ordering::Release);
+        let started = Instant::now();
+        // Requests on connections accepted just before the signal get read first.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        while proxy::in_flight() > 0 && started.elapsed() < self.grace {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        log::info!(
+            "graceful shutdown: {} request(s) in flight after {:?}; exiting",
+            proxy::in_flight(),
+            started.elapsed()
+        );
+        access_log::flush();
+        std::process::exit(0);
+    }
+}
+
+/// A wildcard listen address is probed on loopback.
+fn dialable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port()))
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from((Ipv6Addr::LOCALHOST, addr.port()))
+        }
+        _ => addr,
+    }
+}
