@@ -40,6 +40,16 @@ impl<'a> Cx<'a> {
         !self.errors.is_empty()
     }
 
+    /// Whether an error was already reported at `path` or below it; checks after
+    /// decoding use it to avoid follow-on errors about what failed to decode.
+    pub fn has_errors_under(&self, path: &str) -> bool {
+        self.errors.iter().any(|e| {
+            e.path
+                .strip_prefix(path)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+        })
+    }
+
     /// Records an error at `mark` for the current field path.
     pub fn error(&mut self, mark: Mark, message: impl Into<String>) {
         let path = self.path_string();
@@ -297,10 +307,12 @@ pub(crate) use decode_enum;
 
 impl<T: Decode> Decode for Option<T> {
     fn decode(cx: &mut Cx<'_>, node: &Node) -> Option<Self> {
+        // A failed optional field is reported and then treated as absent, so the
+        // rest of the file is still checked (cross-references included).
         if node.is_null() {
             return Some(None);
         }
-        T::decode(cx, node).map(Some)
+        Some(T::decode(cx, node))
     }
 
     fn absent() -> Option<Self> {
@@ -322,7 +334,8 @@ impl<T: Decode> Decode for Vec<T> {
             .enumerate()
             .map(|(i, item)| cx.at_index(i, |cx| T::decode(cx, item)))
             .collect();
-        decoded.into_iter().collect()
+        // A failed item is reported and left out; the others are still checked.
+        Some(decoded.into_iter().flatten().collect())
     }
 }
 
@@ -448,34 +461,26 @@ impl<T: Decode> Decode for Table<T> {
             );
             return None;
         };
+        // A failed entry is reported and left out; the others are still checked.
         let mut out = Vec::with_capacity(entries.len());
-        let mut ok = true;
         for (i, (key, value)) in entries.iter().enumerate() {
             let Some(name) = key.scalar_text() else {
                 cx.error(key.mark, "a key must be a plain name");
-                ok = false;
                 continue;
             };
-            if entries[..i]
-                .iter()
-                .any(|(k, _)| k.scalar_text() == Some(name))
-            {
+            if entries[..i].iter().any(|(k, _)| k.scalar_text() == Some(name)) {
                 cx.at_key(name, |cx| cx.error(key.mark, "duplicate name"));
-                ok = false;
                 continue;
             }
-            match cx.at_key(name, |cx| T::decode(cx, value)) {
-                Some(v) => out.push((
-                    Spanned {
-                        value: name.to_string(),
-                        mark: key.mark,
-                    },
-                    v,
-                )),
-                None => ok = false,
+            if let Some(v) = cx.at_key(name, |cx| T::decode(cx, value)) {
+                let name = Spanned {
+                    value: name.to_string(),
+                    mark: key.mark,
+                };
+                out.push((name, v));
             }
         }
-        ok.then_some(Table(out))
+        Some(Table(out))
     }
 }
 

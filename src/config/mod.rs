@@ -64,7 +64,7 @@ pub fn load_str(
 /// Checks what a single field cannot: names that refer to other sections,
 /// duplicates, and fields that only make sense together.
 fn validate(cx: &mut Cx<'_>, config: &Config) {
-    if config.listen.value.is_empty() {
+    if config.listen.value.is_empty() && !cx.has_errors_under("listen") {
         cx.error_at(
             "listen",
             config.listen.mark,
@@ -170,8 +170,9 @@ fn validate(cx: &mut Cx<'_>, config: &Config) {
                 );
             }
         }
+        let consumers_failed = cx.has_errors_under("consumers");
         for (c, name) in route.consumers.iter().flatten().enumerate() {
-            if !consumer_names.contains(name.value.as_str()) {
+            if !consumer_names.contains(name.value.as_str()) && !consumers_failed {
                 cx.error_at(
                     &format!("{path}.consumers[{c}]"),
                     name.mark,
@@ -216,7 +217,10 @@ fn validate(cx: &mut Cx<'_>, config: &Config) {
 }
 
 fn check_upstream_name(cx: &mut Cx<'_>, path: &str, name: &Spanned<String>, ups: &Table<Upstream>) {
-    if ups.get(&name.value).is_none() {
+    // An upstream that failed to decode was reported already.
+    let failed = cx.has_errors_under(&format!("upstreams.{}", name.value))
+        || (ups.0.is_empty() && cx.has_errors_under("upstreams"));
+    if ups.get(&name.value).is_none() && !failed {
         let known: Vec<&str> = ups.iter().map(|(n, _)| n).collect();
         cx.error_at(
             path,
@@ -250,3 +254,5 @@ fn check_rate_limit(cx: &mut Cx<'_>, path: &str, limit: &RateLimit) {
         );
     }
 }
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,465 @@
+//! The one test harness: free ports, a real HTTP/1.1 backend on loopback, a raw
+//! HTTP client, and the real `portcullis` binary started with a config file.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+/// A port that was free a moment ago (the OS picks it; never a fixed number).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A fresh temporary directory for one test.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "portcullis-test-{}-{}-{}",
+        tag,
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+/// One request as a backend received it.
+#[derive(Debug, Clone, Default)]
+pub struct Received {
+    pub method: String,
+    pub target: String,
+    /// Lower-case names; repeated headers keep the last value.
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+}
+
+/// What a backend answers.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub delay: Duration,
+}
+
+impl Answer {
+    pub fn json(status: u16, body: &str) -> Answer {
+        Answer {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.as_bytes().to_vec(),
+            delay: Duration::ZERO,
+        }
+    }
+
+    pub fn with_header(mut self, name: &str, value: &str) -> Answer {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn after(mut self, delay: Duration) -> Answer {
+        self.delay = delay;
+        self
+    }
+}
+
+type Handler = dyn Fn(&Received) -> Answer + Send + Sync;
+
+/// A real HTTP/1.1 backend on an ephemeral loopback port (keep-alive, one thread
+/// per connection). It records every request and counts connections.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub connections: Arc<AtomicUsize>,
+    pub received: Arc<Mutex<Vec<Received>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Backend {
+    pub fn start(handler: impl Fn(&Received) -> Answer + Send + Sync + 'static) -> Backend {
+        Self::start_on(TcpListener::bind("127.0.0.1:0").expect("bind backend"), handler)
+    }
+
+    /// Answers 200 with a JSON echo of what it received.
+    pub fn echo() -> Backend {
+        Backend::start(|r| {
+            let headers: serde_json::Map<String, serde_json::Value> = r
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect();
+            let body = serde_json::json!({
+                "method": r.method,
+                "target": r.target,
+                "headers": headers,
+                "body": String::from_utf8_lossy(&r.body),
+            });
+            Answer::json(200, &body.to_string())
+        })
+    }
+
+    pub fn start_on(
+        listener: TcpListener,
+        handler: impl Fn(&Received) -> Answer + Send + Sync + 'static,
+    ) -> Backend {
+        let addr = listener.local_addr().expect("backend addr");
+        let connections = Arc::new(AtomicUsize::new(0));
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let handler: Arc<Handler> = Arc::new(handler);
+        {
+            let (connections, received, stop) = (connections.clone(), received.clone(), stop.clone());
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    connections.fetch_add(1, Ordering::SeqCst);
+                    let (handler, received) = (handler.clone(), received.clone());
+                    std::thread::spawn(move || serve_connection(stream, &*handler, &received));
+                }
+            });
+        }
+        Backend {
+            addr,
+            connections,
+            received,
+            stop,
+        }
+    }
+
+    pub fn requests(&self) -> Vec<Received> {
+        self.received.lock().expect("lock").clone()
+    }
+
+    pub fn last(&self) -> Received {
+        self.requests().pop().expect("the backend received a request")
+    }
+
+    /// Stops accepting (connections already open are left to the client).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn serve_connection(stream: TcpStream, handler: &Handler, received: &Mutex<Vec<Received>>) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut reader = BufReader::new(match stream.try_clone() {
+        Ok(s) => s,
+        Err(_) => return,
+    });
+    let mut writer = stream;
+    loop {
+        let Some(req) = read_request(&mut reader) else { return };
+        let close = req.header("connection").is_some_and(|c| c.eq_ignore_ascii_case("close"));
+        received.lock().expect("lock").push(req.clone());
+        let answer = handler(&req);
+        if !answer.delay.is_zero() {
+            std::thread::sleep(answer.delay);
+        }
+        let mut head = format!("HTTP/1.1 {} X\r\ncontent-length: {}\r\n", answer.status, answer.body.len());
+        for (k, v) in &answer.headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut out = head.into_bytes();
+        if req.method != "HEAD" {
+            out.extend_from_slice(&answer.body);
+        }
+        if writer.write_all(&out).is_err() || close {
+            return;
+        }
+    }
+}
+
+fn read_head(reader: &mut impl BufRead) -> Option<(String, HashMap<String, String>)> {
+    let mut first = String::new();
+    if reader.read_line(&mut first).ok()? == 0 {
+        return None;
+    }
+    let mut headers = HashMap::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        let line = line.trim_end_matches(['\r', '\n']);
+        if line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
+    Some((first.trim_end().to_string(), headers))
+}
+
+fn read_body(reader: &mut impl BufRead, headers: &HashMap<String, String>, until_close: bool) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    if headers.get("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
+        loop {
+            let mut size = String::new();
+            reader.read_line(&mut size).ok()?;
+            let n = usize::from_str_radix(size.trim().split(';').next()?, 16).ok()?;
+            let mut chunk = vec![0; n + 2];
+            reader.read_exact(&mut chunk).ok()?;
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    } else if let Some(len) = headers.get("content-length") {
+        body.resize(len.parse().ok()?, 0);
+        reader.read_exact(&mut body).ok()?;
+    } else if until_close {
+        reader.read_to_end(&mut body).ok()?;
+    }
+    Some(body)
+}
+
+fn read_request(reader: &mut impl BufRead) -> Option<Received> {
+    let (line, headers) = read_head(reader)?;
+    let mut parts = line.split_whitespace();
+    let method = parts.next()?.to_string();
+    let target = parts.next()?.to_string();
+    let body = read_body(reader, &headers, false)?;
+    Some(Received {
+        method,
+        target,
+        headers,
+        body,
+    })
+}
+
+/// A response as the client saw it.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The `error` code of one of the gateway's own answers, checked for shape.
+    pub fn error_code(&self) -> String {
+        assert_eq!(self.header("content-type"), Some("application/json"), "{self:?}");
+        let v = self.json();
+        assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+        assert_eq!(v["request_id"].as_str(), self.header("x-request-id"), "{v}");
+        v["error"].as_str().expect("error code").to_string()
+    }
+}
+
+/// Sends one request on a new connection (`connection: close`) and reads the answer.
+pub fn request(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+    let mut raw = format!("{method} {target} HTTP/1.1\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        raw.push_str(&format!("host: {addr}\r\n"));
+    }
+    for (k, v) in headers {
+        raw.push_str(&format!("{k}: {v}\r\n"));
+    }
+    let chunked = headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("transfer-encoding"));
+    if !body.is_empty() && !chunked {
+        raw.push_str(&format!("content-length: {}\r\n", body.len()));
+    }
+    raw.push_str("connection: close\r\n\r\n");
+    let mut bytes = raw.into_bytes();
+    bytes.extend_from_slice(body);
+    send_raw(addr, &bytes).unwrap_or_else(|e| panic!("{method} {target}: {e}"))
+}
+
+pub fn get(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -> Response {
+    request(addr, "GET", target, headers, b"")
+}
+
+/// Writes raw bytes and parses one response.
+pub fn send_raw(addr: SocketAddr, bytes: &[u8]) -> std::io::Result<Response> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.write_all(bytes)?;
+    let mut reader = BufReader::new(stream);
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed response");
+    let (line, headers) = read_head(&mut reader).ok_or_else(bad)?;
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(bad)?;
+    let body = read_body(&mut reader, &headers, true).ok_or_else(bad)?;
+    Ok(Response { status, headers, body })
+}
+
+/// A running `portcullis` process; killed when dropped.
+pub struct Gateway {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
+}
+
+pub const KEY: &str = "test-key-0b6c1f";
+pub const SECRET: &str = "gw-secret-7d2e9a";
+
+impl Gateway {
+    /// Writes `config` (with `{listen}` and `{admin}` filled in) and starts the
+    /// binary on it; returns once `/readyz` says ready.
+    pub fn start(config: &str) -> Gateway {
+        Self::start_with_env(config, &[])
+    }
+
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Gateway {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let dir = temp_dir("gw");
+        let config_path = dir.join("gateway.yaml");
+        let text = config
+            .replace("{listen}", &addr.to_string())
+            .replace("{admin}", &admin.to_string());
+        std::fs::write(&config_path, text).expect("write config");
+        let child = Command::new(BIN)
+            .arg("-c")
+            .arg(&config_path)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "info")
+            .stdout(std::fs::File::create(dir.join("stdout.log")).expect("stdout file"))
+            .stderr(std::fs::File::create(dir.join("stderr.log")).expect("stderr file"))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start portcullis");
+        let mut gw = Gateway {
+            child,
+            addr,
+            admin,
+            dir,
+            config_path,
+        };
+        gw.wait_ready();
+        gw
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("portcullis exited early ({status}): {}", self.stderr());
+            }
+            let ready = send_raw(self.admin, b"GET /readyz HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n")
+                .is_ok_and(|r| r.status == 200);
+            if ready {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("portcullis not ready in 20 s: {}", self.stderr());
+    }
+
+    pub fn get(&self, target: &str, headers: &[(&str, &str)]) -> Response {
+        get(self.addr, target, headers)
+    }
+
+    pub fn get_with_key(&self, target: &str) -> Response {
+        get(self.addr, target, &[("x-api-key", KEY)])
+    }
+
+    pub fn metrics(&self) -> String {
+        get(self.admin, "/metrics", &[]).text()
+    }
+
+    /// The value of one sample line (`name{labels}`), 0 when absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+            .unwrap_or(0.0)
+    }
+
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stdout.log")).unwrap_or_default()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+    }
+
+    /// Access-log lines parsed as JSON (waits briefly for the writer).
+    pub fn access_log(&self) -> Vec<serde_json::Value> {
+        std::thread::sleep(Duration::from_millis(100));
+        self.stdout()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} failed");
+    }
+
+    /// Waits for the process to exit; `None` if it is still running after `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The usual config head: listener, admin, one consumer, quick shutdown.
+pub fn config_head() -> String {
+    format!(
+        "listen:\n  - addr: {{listen}}\nadmin:\n  addr: {{admin}}\nthreads: 2\nshutdown_grace: 5s\n\
+         consumers:\n  - name: web\n    keys: [\"{KEY}\"]\n"
+    )
+}
