@@ -20,7 +20,8 @@ pub fn hash_key(key: &[u8]) -> KeyHash {
 /// Parses `sha256:<64 hex digits>` (case-insensitive hex).
 pub fn parse_key_hash(text: &str) -> Option<KeyHash> {
     let hex = text.strip_prefix("sha256:")?;
-    if hex.len() != 64 {
+    // from_str_radix alone would accept a sign: "+0".
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let mut out = [0u8; 32];

@@ -124,19 +124,29 @@ fn build(cx: &mut Cx<'_>, config: &Config) -> Gateway {
     }
 
     let mut keys = KeyStore::default();
-    for (i, consumer) in config.consumers.iter().flatten().enumerate() {
+    for (i, consumer) in config.consumers.iter().flat_map(|c| c.iter()) {
         let id = keys.add_consumer(&consumer.name.value);
-        let plain = consumer
-            .keys
-            .iter()
-            .flatten()
-            .map(|k| (k, hash_key(k.value.as_bytes()), "keys"));
+        let plain = consumer.keys.iter().flatten().enumerate().map(|(k, key)| {
+            (
+                format!("keys[{k}]"),
+                key,
+                Some(hash_key(key.value.as_bytes())),
+            )
+        });
         let hashed = consumer
             .key_hashes
             .iter()
             .flatten()
-            .filter_map(|h| parse_key_hash(&h.value).map(|d| (h, d, "key_hashes")));
-        for (written, digest, field) in plain.chain(hashed) {
+            .enumerate()
+            .map(|(k, hash)| {
+                (
+                    format!("key_hashes[{k}]"),
+                    hash,
+                    parse_key_hash(&hash.value),
+                )
+            });
+        for (field, written, digest) in plain.chain(hashed) {
+            let Some(digest) = digest else { continue };
             if let Err(e) = keys.add_key(id, digest) {
                 cx.error_at(
                     &format!("consumers[{i}].{field}"),
@@ -149,10 +159,11 @@ fn build(cx: &mut Cx<'_>, config: &Config) -> Gateway {
 
     let mut specs = Vec::with_capacity(config.routes.len());
     let mut routes = Vec::with_capacity(config.routes.len());
-    for (i, r) in config.routes.iter().enumerate() {
+    for (i, r) in config.routes.iter() {
         let pattern = match Pattern::parse(&r.path.value) {
             Ok(p) => p,
             Err(message) => {
+                let message = format!("{message}, found {}", r.path.shown());
                 cx.error_at(&format!("routes[{i}].path"), r.path.mark, message);
                 continue;
             }
@@ -193,7 +204,7 @@ fn build(cx: &mut Cx<'_>, config: &Config) -> Gateway {
             consumers: r.consumers.as_ref().map(|names| {
                 names
                     .iter()
-                    .filter_map(|n| keys.consumer_id(&n.value))
+                    .filter_map(|(_, n)| keys.consumer_id(&n.value))
                     .collect()
             }),
             request_headers: HeaderRules::from_config(r.request_headers.as_ref()),
@@ -225,36 +236,36 @@ fn build(cx: &mut Cx<'_>, config: &Config) -> Gateway {
 /// a rate limit or TLS listener silently not applied would be a security hole.
 fn reject_unimplemented(cx: &mut Cx<'_>, config: &Config) {
     let later = "is not implemented in this version of portcullis";
-    for (i, l) in config.listen.value.iter().enumerate() {
-        if l.tls.is_some() {
+    for (i, l) in config.listen.value.iter() {
+        if let Some(tls) = &l.tls {
             cx.error_at(
                 &format!("listen[{i}].tls"),
-                config.listen.mark,
+                tls.mark,
                 format!("TLS listening {later}"),
             );
         }
     }
-    for (i, r) in config.routes.iter().enumerate() {
-        if r.aggregate.is_some() {
+    for (i, r) in config.routes.iter() {
+        if let Some(parts) = &r.aggregate {
             cx.error_at(
                 &format!("routes[{i}].aggregate"),
-                r.name.mark,
+                parts.mark,
                 format!("aggregation {later}"),
             );
         }
-        if r.rate_limit.is_some() {
+        if let Some(limit) = &r.rate_limit {
             cx.error_at(
                 &format!("routes[{i}].rate_limit"),
-                r.name.mark,
+                limit.mark,
                 format!("rate limiting {later}"),
             );
         }
     }
-    for (i, c) in config.consumers.iter().flatten().enumerate() {
-        if c.rate_limit.is_some() {
+    for (i, c) in config.consumers.iter().flat_map(|c| c.iter()) {
+        if let Some(limit) = &c.rate_limit {
             cx.error_at(
                 &format!("consumers[{i}].rate_limit"),
-                c.name.mark,
+                limit.mark,
                 format!("rate limiting {later}"),
             );
         }

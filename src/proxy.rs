@@ -88,10 +88,7 @@ impl RequestCtx {
     }
 }
 
-fn header_str<'a>(
-    req: &'a RequestHeader,
-    name: impl http::header::AsHeaderName,
-) -> Option<&'a str> {
+fn header_str(req: &RequestHeader, name: impl http::header::AsHeaderName) -> Option<&str> {
     req.headers.get(name).and_then(|v| v.to_str().ok())
 }
 

@@ -77,7 +77,7 @@ impl Plan {
             .or_else(|| DEFAULT_ADMIN.parse().ok())
             .unwrap_or_else(|| SocketAddr::from((Ipv4Addr::LOCALHOST, 9100)));
         Plan {
-            listen: config.listen.value.iter().map(|l| l.addr).collect(),
+            listen: config.listen.value.iter().map(|(_, l)| l.addr).collect(),
             admin,
             threads: config
                 .threads

@@ -93,7 +93,7 @@ impl Upstream {
     pub fn build(name: &str, conf: &config::Upstream) -> Result<Upstream, (usize, String)> {
         let mut peers = Vec::with_capacity(conf.peers.value.len());
         for (i, written) in conf.peers.value.iter().enumerate() {
-            let addr = resolve(&written.value).map_err(|msg| (i, msg))?;
+            let addr = resolve(&written.value, &written.shown()).map_err(|msg| (i, msg))?;
             let host = HeaderValue::from_str(&addr.to_string()).map_err(|_| {
                 (
                     i,
@@ -226,17 +226,18 @@ impl Upstream {
     }
 }
 
-/// `ip:port`, or `name:port` resolved to its first address.
-fn resolve(written: &str) -> Result<SocketAddr, String> {
-    if let Ok(addr) = written.parse::<SocketAddr>() {
+/// `ip:port`, or `name:port` resolved to its first address; `shown` is how the
+/// peer may appear in a message (never a value from the environment).
+fn resolve(peer: &str, shown: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = peer.parse::<SocketAddr>() {
         return Ok(addr);
     }
-    let mut addrs = written.to_socket_addrs().map_err(|e| {
-        format!("expected a peer like \"127.0.0.1:8001\" or \"host:port\", found {written:?} ({e})")
+    let mut addrs = peer.to_socket_addrs().map_err(|e| {
+        format!("expected a peer like \"127.0.0.1:8001\" or \"host:port\", found {shown} ({e})")
     })?;
     addrs
         .next()
-        .ok_or_else(|| format!("{written:?} resolves to no address"))
+        .ok_or_else(|| format!("{shown} resolves to no address"))
 }
 
 #[cfg(test)]
@@ -246,16 +247,13 @@ mod tests {
 
     fn conf(peers: &[&str], balance: config::Balance) -> Conf {
         Conf {
-            peers: Spanned {
-                value: peers
+            peers: Spanned::new(
+                peers
                     .iter()
-                    .map(|p| Spanned {
-                        value: p.to_string(),
-                        mark: Default::default(),
-                    })
+                    .map(|p| Spanned::new(p.to_string(), Default::default()))
                     .collect(),
-                mark: Default::default(),
-            },
+                Default::default(),
+            ),
             balance: Some(balance),
             tls: None,
             sni: None,

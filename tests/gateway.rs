@@ -22,17 +22,33 @@ fn users_gateway(route_extra: &str) -> (Gateway, Backend) {
 #[test]
 fn proxies_with_the_secret_and_never_the_client_key() {
     let (gw, backend) = users_gateway("");
-    let resp = gw.get("/users/1?expand=orders", &[("x-api-key", KEY), ("host", "api.example.com")]);
+    let resp = gw.get(
+        "/users/1?expand=orders",
+        &[("x-api-key", KEY), ("host", "api.example.com")],
+    );
     assert_eq!(resp.status, 200, "{}", resp.text());
     let seen = backend.last();
-    assert_eq!(seen.target, "/users/1?expand=orders", "path and query preserved");
+    assert_eq!(
+        seen.target, "/users/1?expand=orders",
+        "path and query preserved"
+    );
     assert_eq!(seen.header("x-gateway-secret"), Some(SECRET));
-    assert_eq!(seen.header("x-api-key"), None, "the client's key never reaches a backend");
+    assert_eq!(
+        seen.header("x-api-key"),
+        None,
+        "the client's key never reaches a backend"
+    );
     assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
     assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
     assert_eq!(seen.header("x-forwarded-host"), Some("api.example.com"));
-    assert_eq!(seen.header("host"), Some(backend.addr.to_string().as_str()), "host is the peer");
-    let id = resp.header("x-request-id").expect("x-request-id to the client");
+    assert_eq!(
+        seen.header("host"),
+        Some(backend.addr.to_string().as_str()),
+        "host is the peer"
+    );
+    let id = resp
+        .header("x-request-id")
+        .expect("x-request-id to the client");
     assert_eq!(seen.header("x-request-id"), Some(id));
     assert_eq!(id.len(), 32);
 }
@@ -52,7 +68,11 @@ fn a_client_cannot_forge_the_secret_or_the_forwarding_headers() {
     assert_eq!(resp.status, 200);
     let seen = backend.last();
     assert_eq!(seen.header("x-gateway-secret"), Some(SECRET));
-    assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"), "untrusted peer: replaced");
+    assert_eq!(
+        seen.header("x-forwarded-for"),
+        Some("127.0.0.1"),
+        "untrusted peer: replaced"
+    );
     assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
 }
 
@@ -66,7 +86,10 @@ fn trusted_proxies_extend_x_forwarded_for() {
     );
     let gw = Gateway::start(&config);
     gw.get("/", &[("x-forwarded-for", "203.0.113.7")]);
-    assert_eq!(backend.last().header("x-forwarded-for"), Some("203.0.113.7, 127.0.0.1"));
+    assert_eq!(
+        backend.last().header("x-forwarded-for"),
+        Some("203.0.113.7, 127.0.0.1")
+    );
     let log = gw.access_log();
     assert_eq!(log.last().expect("a log line")["client"], "203.0.113.7");
 }
@@ -74,7 +97,10 @@ fn trusted_proxies_extend_x_forwarded_for() {
 #[test]
 fn request_ids_are_kept_when_valid_and_replaced_otherwise() {
     let (gw, backend) = users_gateway("");
-    let kept = gw.get("/users", &[("x-api-key", KEY), ("x-request-id", "abc-123.X:y_z")]);
+    let kept = gw.get(
+        "/users",
+        &[("x-api-key", KEY), ("x-request-id", "abc-123.X:y_z")],
+    );
     assert_eq!(kept.header("x-request-id"), Some("abc-123.X:y_z"));
     assert_eq!(backend.last().header("x-request-id"), Some("abc-123.X:y_z"));
     let long = "a".repeat(129);
@@ -101,20 +127,46 @@ fn auth_answers_401_and_403_as_the_spec_says() {
     let gw = Gateway::start(&config);
 
     let missing = gw.get("/any", &[]);
-    assert_eq!((missing.status, missing.error_code().as_str()), (401, "missing_api_key"));
-    assert_eq!(missing.header("www-authenticate"), Some("ApiKey header=\"x-api-key\""));
+    assert_eq!(
+        (missing.status, missing.error_code().as_str()),
+        (401, "missing_api_key")
+    );
+    assert_eq!(
+        missing.header("www-authenticate"),
+        Some("ApiKey header=\"x-api-key\"")
+    );
     let invalid = gw.get("/any", &[("x-api-key", "nope")]);
-    assert_eq!((invalid.status, invalid.error_code().as_str()), (401, "invalid_api_key"));
+    assert_eq!(
+        (invalid.status, invalid.error_code().as_str()),
+        (401, "invalid_api_key")
+    );
     let forbidden = gw.get("/web", &[("x-api-key", "test")]);
-    assert_eq!((forbidden.status, forbidden.error_code().as_str()), (403, "forbidden"));
+    assert_eq!(
+        (forbidden.status, forbidden.error_code().as_str()),
+        (403, "forbidden")
+    );
 
-    assert_eq!(gw.get("/any", &[("x-api-key", "test")]).status, 200, "key_hashes consumer");
+    assert_eq!(
+        gw.get("/any", &[("x-api-key", "test")]).status,
+        200,
+        "key_hashes consumer"
+    );
     assert_eq!(gw.get("/web", &[("x-api-key", KEY)]).status, 200);
     assert_eq!(gw.get("/open", &[]).status, 200, "auth: none");
-    assert_eq!(backend.requests().len(), 3, "refused requests never reach the backend");
+    assert_eq!(
+        backend.requests().len(),
+        3,
+        "refused requests never reach the backend"
+    );
 
-    assert_eq!(gw.metric("portcullis_auth_failures_total{reason=\"missing_api_key\",route=\"any\"}"), 1.0);
-    assert_eq!(gw.metric("portcullis_auth_failures_total{reason=\"forbidden\",route=\"web-only\"}"), 1.0);
+    assert_eq!(
+        gw.metric("portcullis_auth_failures_total{reason=\"missing_api_key\",route=\"any\"}"),
+        1.0
+    );
+    assert_eq!(
+        gw.metric("portcullis_auth_failures_total{reason=\"forbidden\",route=\"web-only\"}"),
+        1.0
+    );
     let log = gw.access_log();
     let refused = log.iter().find(|l| l["status"] == 403).expect("403 logged");
     assert_eq!(refused["error"], "forbidden");
@@ -133,7 +185,10 @@ fn a_custom_auth_header_is_used_and_stripped() {
     let gw = Gateway::start(&config);
     let missing = gw.get("/", &[("x-api-key", KEY)]);
     assert_eq!(missing.status, 401);
-    assert_eq!(missing.header("www-authenticate"), Some("ApiKey header=\"x-token\""));
+    assert_eq!(
+        missing.header("www-authenticate"),
+        Some("ApiKey header=\"x-token\"")
+    );
     assert_eq!(gw.get("/", &[("x-token", KEY)]).status, 200);
     assert_eq!(backend.last().header("x-token"), None);
 }
@@ -150,9 +205,15 @@ fn unmatched_paths_and_methods_get_404_and_405() {
     let none = gw.get_with_key("/usersX");
     assert_eq!((none.status, none.error_code().as_str()), (404, "no_route"));
     let wrong = request(gw.addr, "DELETE", "/users/1", &[("x-api-key", KEY)], b"");
-    assert_eq!((wrong.status, wrong.error_code().as_str()), (405, "method_not_allowed"));
+    assert_eq!(
+        (wrong.status, wrong.error_code().as_str()),
+        (405, "method_not_allowed")
+    );
     assert_eq!(wrong.header("allow"), Some("GET, POST"));
-    assert_eq!(gw.metric("portcullis_requests_total{method=\"GET\",route=\"none\",status=\"404\"}"), 1.0);
+    assert_eq!(
+        gw.metric("portcullis_requests_total{method=\"GET\",route=\"none\",status=\"404\"}"),
+        1.0
+    );
     assert!(backend.requests().is_empty());
 }
 
@@ -174,18 +235,35 @@ fn routing_precedence_params_exact_host_and_strip_prefix() {
     let gw = Gateway::start(&config);
     let route_of = |path: &str| {
         gw.get(path, &[]);
-        gw.access_log().last().expect("log")["route"].as_str().expect("route").to_string()
+        gw.access_log().last().expect("log")["route"]
+            .as_str()
+            .expect("route")
+            .to_string()
     };
     assert_eq!(route_of("/api/v1/users/7"), "user");
-    assert_eq!(route_of("/api/v1/users/7/orders"), "v1", "{{param}} matches exactly");
+    assert_eq!(
+        route_of("/api/v1/users/7/orders"),
+        "v1",
+        "{{param}} matches exactly"
+    );
     assert_eq!(route_of("/api/v2/x"), "api");
     assert_eq!(backend.last().target, "/v2/x", "strip_prefix");
     gw.get("/api?q=1", &[]);
-    assert_eq!(backend.last().target, "/?q=1", "whole path stripped leaves /, query kept");
+    assert_eq!(
+        backend.last().target,
+        "/?q=1",
+        "whole path stripped leaves /, query kept"
+    );
     assert_eq!(gw.get("/ping", &[]).text(), "exact");
     assert_eq!(gw.get("/ping/deeper", &[]).text(), "prefix");
-    assert_eq!(gw.get("/h", &[("host", "API.example.com:8000")]).text(), "hosted");
-    assert_eq!(gw.get("/h", &[("host", "other.example.com")]).text(), "hostless");
+    assert_eq!(
+        gw.get("/h", &[("host", "API.example.com:8000")]).text(),
+        "hosted"
+    );
+    assert_eq!(
+        gw.get("/h", &[("host", "other.example.com")]).text(),
+        "hostless"
+    );
 }
 
 #[test]
@@ -205,9 +283,20 @@ fn header_rules_apply_and_the_secret_never_leaks_back() {
         backend.addr
     );
     let gw = Gateway::start(&config);
-    let resp = gw.get("/", &[("x-api-key", KEY), ("cookie", "session=1"), ("x-tenant", "evil")]);
+    let resp = gw.get(
+        "/",
+        &[
+            ("x-api-key", KEY),
+            ("cookie", "session=1"),
+            ("x-tenant", "evil"),
+        ],
+    );
     assert_eq!(resp.status, 200);
-    assert_eq!(resp.header("x-gateway-secret"), None, "secret stripped from the response");
+    assert_eq!(
+        resp.header("x-gateway-secret"),
+        None,
+        "secret stripped from the response"
+    );
     assert_eq!(resp.header("server"), None);
     assert_eq!(resp.header("cache-control"), Some("no-store"));
     assert_eq!(resp.header("x-backend"), Some("yes"));
@@ -234,13 +323,32 @@ fn hop_by_hop_headers_are_not_forwarded() {
 #[test]
 fn post_bodies_stream_through_and_max_body_answers_413() {
     let (gw, backend) = users_gateway("    max_body: 1KiB\n");
-    let ok = request(gw.addr, "POST", "/users", &[("x-api-key", KEY)], &[b'a'; 1000]);
+    let ok = request(
+        gw.addr,
+        "POST",
+        "/users",
+        &[("x-api-key", KEY)],
+        &[b'a'; 1000],
+    );
     assert_eq!(ok.status, 200);
     assert_eq!(backend.last().body.len(), 1000);
 
-    let too_big = request(gw.addr, "POST", "/users", &[("x-api-key", KEY)], &[b'a'; 2000]);
-    assert_eq!((too_big.status, too_big.error_code().as_str()), (413, "payload_too_large"));
-    assert_eq!(backend.requests().len(), 1, "a declared oversized body is refused before proxying");
+    let too_big = request(
+        gw.addr,
+        "POST",
+        "/users",
+        &[("x-api-key", KEY)],
+        &[b'a'; 2000],
+    );
+    assert_eq!(
+        (too_big.status, too_big.error_code().as_str()),
+        (413, "payload_too_large")
+    );
+    assert_eq!(
+        backend.requests().len(),
+        1,
+        "a declared oversized body is refused before proxying"
+    );
 
     // Without content-length the body is counted as it streams.
     let mut chunked = format!(
@@ -274,9 +382,14 @@ fn keep_alive_reuses_backend_connections() {
     for _ in 0..200 {
         assert_eq!(gw.get_with_key("/users").status, 200);
     }
-    let opened = backend.connections.load(std::sync::atomic::Ordering::SeqCst);
+    let opened = backend
+        .connections
+        .load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!(backend.requests().len(), 200);
-    assert!(opened <= 10, "200 requests opened {opened} backend connections");
+    assert!(
+        opened <= 10,
+        "200 requests opened {opened} backend connections"
+    );
 }
 
 #[test]
@@ -311,16 +424,27 @@ fn a_dead_peer_is_retried_on_another_and_all_dead_is_502() {
     );
     let gw = Gateway::start(&config);
     for _ in 0..6 {
-        assert_eq!(gw.get("/mixed", &[]).status, 200, "the retry reaches the live peer");
+        assert_eq!(
+            gw.get("/mixed", &[]).status,
+            200,
+            "the retry reaches the live peer"
+        );
     }
     assert_eq!(live.requests().len(), 6);
     let resp = gw.get("/dead", &[]);
-    assert_eq!((resp.status, resp.error_code().as_str()), (502, "bad_gateway"));
-    let connect_errors = gw.metric(&format!(
-        "portcullis_upstream_errors_total{{kind=\"connect\",route=\"dead\",upstream=\"dead\"}}"
-    ));
+    assert_eq!(
+        (resp.status, resp.error_code().as_str()),
+        (502, "bad_gateway")
+    );
+    let connect_errors = gw.metric(
+        "portcullis_upstream_errors_total{kind=\"connect\",route=\"dead\",upstream=\"dead\"}",
+    );
     assert_eq!(connect_errors, 2.0, "both peers were tried");
-    let line = gw.access_log().into_iter().find(|l| l["route"] == "dead").expect("logged");
+    let line = gw
+        .access_log()
+        .into_iter()
+        .find(|l| l["route"] == "dead")
+        .expect("logged");
     assert_eq!(line["error"], "bad_gateway");
     assert_eq!(line["upstream"], "dead");
 }
@@ -337,9 +461,21 @@ fn a_slow_peer_past_the_read_timeout_is_504() {
     let gw = Gateway::start(&config);
     let started = Instant::now();
     let resp = gw.get("/", &[]);
-    assert_eq!((resp.status, resp.error_code().as_str()), (504, "gateway_timeout"));
-    assert!(started.elapsed() < Duration::from_millis(1500), "{:?}", started.elapsed());
-    assert_eq!(gw.metric("portcullis_upstream_errors_total{kind=\"timeout\",route=\"slow\",upstream=\"slow\"}"), 1.0);
+    assert_eq!(
+        (resp.status, resp.error_code().as_str()),
+        (504, "gateway_timeout")
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        gw.metric(
+            "portcullis_upstream_errors_total{kind=\"timeout\",route=\"slow\",upstream=\"slow\"}"
+        ),
+        1.0
+    );
 }
 
 #[test]
@@ -353,7 +489,10 @@ fn the_route_timeout_bounds_the_whole_request() {
     let gw = Gateway::start(&config);
     let started = Instant::now();
     let resp = gw.get("/", &[]);
-    assert_eq!((resp.status, resp.error_code().as_str()), (504, "gateway_timeout"));
+    assert_eq!(
+        (resp.status, resp.error_code().as_str()),
+        (504, "gateway_timeout")
+    );
     assert!(started.elapsed() < Duration::from_millis(1500));
 }
 
@@ -391,7 +530,8 @@ fn the_access_log_is_one_json_line_per_request_without_secrets() {
 
 #[test]
 fn sigterm_lets_in_flight_requests_finish_then_exits_0() {
-    let slow = Backend::start(|_| Answer::json(200, "{\"done\":true}").after(Duration::from_millis(800)));
+    let slow =
+        Backend::start(|_| Answer::json(200, "{\"done\":true}").after(Duration::from_millis(800)));
     let config = format!(
         "{}upstreams:\n  slow:\n    peers: [\"{}\"]\nroutes:\n  - {{ name: slow, path: /, upstream: slow, auth: none }}\n",
         config_head(),
@@ -405,10 +545,18 @@ fn sigterm_lets_in_flight_requests_finish_then_exits_0() {
     gw.signal("-TERM");
     let resp = in_flight.join().expect("client thread");
     assert_eq!(resp.status, 200, "the in-flight request finished");
-    let status = gw.wait_exit(Duration::from_secs(5)).expect("exited within the grace period");
+    let status = gw
+        .wait_exit(Duration::from_secs(5))
+        .expect("exited within the grace period");
     assert!(status.success(), "{status}");
-    assert!(signalled.elapsed() < Duration::from_secs(3), "exited once drained, not after the full grace");
-    assert!(std::net::TcpStream::connect(addr).is_err(), "listener closed");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(3),
+        "exited once drained, not after the full grace"
+    );
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "listener closed"
+    );
 }
 
 #[test]
@@ -430,27 +578,50 @@ fn config_test_flag_lists_every_error_and_exits_1() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let file = path.display().to_string();
-    assert!(stderr.contains(&format!("{file}:2:11: listen[0].addr: expected an address")), "{stderr}");
-    assert!(stderr.contains(&format!("{file}:9:15: routes[0].upstream: unknown upstream")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{file}:2:11: listen[0].addr: expected an address")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "{file}:9:15: routes[0].upstream: unknown upstream"
+        )),
+        "{stderr}"
+    );
     assert!(stderr.contains(&format!("{file}:10:14: routes[0].timeout: expected a duration like \"10s\", found \"5 parsecs\"")), "{stderr}");
     assert!(!stderr.contains("super-secret-key-value"));
 
     let good = dir.join("good.yaml");
     std::fs::write(&good, "listen: [{ addr: \"127.0.0.1:1\" }]\nroutes: [{ name: h, path: /, auth: none, respond: { status: 204 } }]\n")
         .expect("write");
-    let out = std::process::Command::new(BIN).args(["-t", "-c"]).arg(&good).output().expect("run");
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new(BIN)
+        .args(["-t", "-c"])
+        .arg(&good)
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn help_and_version() {
-    let help = std::process::Command::new(BIN).arg("--help").output().expect("run");
+    let help = std::process::Command::new(BIN)
+        .arg("--help")
+        .output()
+        .expect("run");
     assert!(help.status.success());
     let text = String::from_utf8_lossy(&help.stdout);
     for flag in ["--conf", "--test", "--daemon", "--upgrade", "demo"] {
         assert!(text.contains(flag), "--help lacks {flag}: {text}");
     }
-    let version = std::process::Command::new(BIN).arg("--version").output().expect("run");
+    let version = std::process::Command::new(BIN)
+        .arg("--version")
+        .output()
+        .expect("run");
     assert_eq!(
         String::from_utf8_lossy(&version.stdout).trim(),
         format!("portcullis {}", env!("CARGO_PKG_VERSION"))
@@ -471,7 +642,9 @@ fn the_demo_serves_users_and_orders_behind_the_gateway() {
     let addr = listen.parse().expect("addr");
     let admin = admin.parse().expect("addr");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !send_raw(admin, b"GET /readyz HTTP/1.1\r\nhost: a\r\n\r\n").is_ok_and(|r| r.status == 200) {
+    while !send_raw(admin, b"GET /readyz HTTP/1.1\r\nhost: a\r\n\r\n")
+        .is_ok_and(|r| r.status == 200)
+    {
         assert!(Instant::now() < deadline, "demo not ready");
         std::thread::sleep(Duration::from_millis(25));
     }
@@ -484,7 +657,10 @@ fn the_demo_serves_users_and_orders_behind_the_gateway() {
     assert_eq!(get(addr, "/users/1", &[]).status, 401);
 
     let printed = std::fs::read_to_string(dir.join("out")).expect("stdout");
-    assert!(printed.contains("pk_demo_portcullis") && printed.contains("curl"), "{printed}");
+    assert!(
+        printed.contains("pk_demo_portcullis") && printed.contains("curl"),
+        "{printed}"
+    );
     let users_addr = printed
         .lines()
         .find_map(|l| l.trim().strip_prefix("user service"))
@@ -492,7 +668,10 @@ fn the_demo_serves_users_and_orders_behind_the_gateway() {
         .and_then(|url| url.strip_prefix("http://"))
         .expect("the user service address is printed");
     let direct = get(users_addr.parse().expect("addr"), "/users/1", &[]);
-    assert_eq!(direct.status, 403, "the backend refuses requests without the gateway secret");
+    assert_eq!(
+        direct.status, 403,
+        "the backend refuses requests without the gateway secret"
+    );
     let _ = child.kill();
     let _ = child.wait();
 }

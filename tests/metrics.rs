@@ -21,12 +21,28 @@ fn gateway_with_traffic() -> (Gateway, Backend) {
     );
     let gw = Gateway::start(&config);
     assert_eq!(gw.get_with_key("/users/1").status, 200);
-    assert_eq!(request(gw.addr, "POST", "/users", &[("x-api-key", KEY)], b"{\"a\":1}").status, 200);
+    assert_eq!(
+        request(
+            gw.addr,
+            "POST",
+            "/users",
+            &[("x-api-key", KEY)],
+            b"{\"a\":1}"
+        )
+        .status,
+        200
+    );
     assert_eq!(gw.get("/users/1", &[]).status, 401);
-    assert_eq!(gw.get("/users/1", &[("x-api-key", "not-a-key")]).status, 401);
+    assert_eq!(
+        gw.get("/users/1", &[("x-api-key", "not-a-key")]).status,
+        401
+    );
     assert_eq!(gw.get("/secret/path/nobody/knows", &[]).status, 404);
     assert_eq!(gw.get("/dead", &[]).status, 502);
-    assert_eq!(request(gw.addr, "BREW", "/users/1", &[("x-api-key", KEY)], b"").status, 200);
+    assert_eq!(
+        request(gw.addr, "BREW", "/users/1", &[("x-api-key", KEY)], b"").status,
+        200
+    );
     (gw, backend)
 }
 
@@ -67,31 +83,81 @@ fn metrics_pass_promtool_and_hold_every_family() {
         "portcullis_upstream_errors_total",
         "portcullis_config_reloads_total",
     ] {
-        assert!(text.contains(&format!("# HELP {family} ")), "{family} lacks HELP");
-        assert!(text.contains(&format!("# TYPE {family} ")), "{family} lacks TYPE");
+        assert!(
+            text.contains(&format!("# HELP {family} ")),
+            "{family} lacks HELP"
+        );
+        assert!(
+            text.contains(&format!("# TYPE {family} ")),
+            "{family} lacks TYPE"
+        );
     }
     let value = |series: &str| gw.metric(series);
-    assert_eq!(value("portcullis_requests_total{method=\"GET\",route=\"users\",status=\"200\"}"), 1.0);
-    assert_eq!(value("portcullis_requests_total{method=\"POST\",route=\"users\",status=\"200\"}"), 1.0);
-    assert_eq!(value("portcullis_requests_total{method=\"GET\",route=\"users\",status=\"401\"}"), 2.0);
-    assert_eq!(value("portcullis_requests_total{method=\"GET\",route=\"none\",status=\"404\"}"), 1.0);
-    assert_eq!(value("portcullis_requests_total{method=\"OTHER\",route=\"users\",status=\"200\"}"), 1.0);
-    assert_eq!(value("portcullis_requests_total{method=\"GET\",route=\"dead\",status=\"502\"}"), 1.0);
-    assert_eq!(value("portcullis_auth_failures_total{reason=\"invalid_api_key\",route=\"users\"}"), 1.0);
-    assert_eq!(value("portcullis_upstream_errors_total{kind=\"connect\",route=\"dead\",upstream=\"dead\"}"), 1.0);
-    assert_eq!(value("portcullis_request_duration_seconds_count{route=\"users\"}"), 5.0);
-    assert_eq!(value("portcullis_upstream_duration_seconds_count{route=\"users\",upstream=\"users\"}"), 3.0);
-    assert_eq!(value("portcullis_request_size_bytes_total{route=\"users\"}"), 7.0);
+    assert_eq!(
+        value("portcullis_requests_total{method=\"GET\",route=\"users\",status=\"200\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("portcullis_requests_total{method=\"POST\",route=\"users\",status=\"200\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("portcullis_requests_total{method=\"GET\",route=\"users\",status=\"401\"}"),
+        2.0
+    );
+    assert_eq!(
+        value("portcullis_requests_total{method=\"GET\",route=\"none\",status=\"404\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("portcullis_requests_total{method=\"OTHER\",route=\"users\",status=\"200\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("portcullis_requests_total{method=\"GET\",route=\"dead\",status=\"502\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("portcullis_auth_failures_total{reason=\"invalid_api_key\",route=\"users\"}"),
+        1.0
+    );
+    assert_eq!(
+        value(
+            "portcullis_upstream_errors_total{kind=\"connect\",route=\"dead\",upstream=\"dead\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        value("portcullis_request_duration_seconds_count{route=\"users\"}"),
+        5.0
+    );
+    assert_eq!(
+        value("portcullis_upstream_duration_seconds_count{route=\"users\",upstream=\"users\"}"),
+        3.0
+    );
+    assert_eq!(
+        value("portcullis_request_size_bytes_total{route=\"users\"}"),
+        7.0
+    );
     assert!(value("portcullis_response_size_bytes_total{route=\"users\"}") > 0.0);
     assert_eq!(value("portcullis_requests_in_flight{route=\"users\"}"), 0.0);
 
     // Known at load time, so exported from zero before any traffic.
     assert!(text.contains("portcullis_auth_failures_total{reason=\"forbidden\",route=\"quiet\"} 0"));
-    assert!(text.contains("portcullis_upstream_errors_total{kind=\"timeout\",route=\"quiet\",upstream=\"users\"} 0"));
+    assert!(text.contains(
+        "portcullis_upstream_errors_total{kind=\"timeout\",route=\"quiet\",upstream=\"users\"} 0"
+    ));
     assert!(text.contains("portcullis_config_reloads_total{result=\"error\"} 0"));
 
     // Bounded cardinality: no raw path, key or client address in any label.
-    for leaked in ["/secret/path", "/users/1", KEY, "not-a-key", "127.0.0.1", "BREW"] {
+    for leaked in [
+        "/secret/path",
+        "/users/1",
+        KEY,
+        "not-a-key",
+        "127.0.0.1",
+        "BREW",
+    ] {
         assert!(!text.contains(leaked), "{leaked} appears in /metrics");
     }
 }
@@ -111,11 +177,19 @@ fn a_real_prometheus_scrapes_the_admin_listener() {
     )
     .expect("write prometheus.yml");
     let mut prometheus = Command::new("prometheus")
-        .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .stdout(std::fs::File::create(dir.join("prometheus.log")).expect("log file"))
-        .stderr(Stdio::from(std::fs::File::create(dir.join("prometheus.err")).expect("log file")))
+        .stderr(Stdio::from(
+            std::fs::File::create(dir.join("prometheus.err")).expect("log file"),
+        ))
         .spawn()
         .expect("prometheus (Debian package `prometheus`) must be installed");
 
@@ -127,10 +201,17 @@ fn a_real_prometheus_scrapes_the_admin_listener() {
         if Instant::now() > deadline {
             break None;
         }
-        if let Ok(resp) = send_raw(api, format!("GET {query} HTTP/1.1\r\nhost: p\r\nconnection: close\r\n\r\n").as_bytes()) {
+        if let Ok(resp) = send_raw(
+            api,
+            format!("GET {query} HTTP/1.1\r\nhost: p\r\nconnection: close\r\n\r\n").as_bytes(),
+        ) {
             last = resp.text();
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&last) {
-                if let Some(sample) = v["data"]["result"].as_array().and_then(|r| r.first()).cloned() {
+                if let Some(sample) = v["data"]["result"]
+                    .as_array()
+                    .and_then(|r| r.first())
+                    .cloned()
+                {
                     break Some(sample);
                 }
             }

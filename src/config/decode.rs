@@ -232,7 +232,10 @@ impl<'a> Cx<'a> {
         match parse(value.trim()) {
             Some(v) => Some(v),
             None => {
-                let found = node.describe();
+                let found = match node.scalar_text() {
+                    Some(text) => format!("{text:?}"),
+                    None => node.describe().to_string(),
+                };
                 self.error(node.mark, format!("expected {expected}, found {found}"));
                 None
             }
@@ -329,13 +332,65 @@ impl<T: Decode> Decode for Vec<T> {
             );
             return None;
         };
+        // Every item is checked; one failed item fails the list (an optional list
+        // is then absent), so no index shifts in later messages.
         let decoded: Vec<Option<T>> = items
             .iter()
             .enumerate()
             .map(|(i, item)| cx.at_index(i, |cx| T::decode(cx, item)))
             .collect();
-        // A failed item is reported and left out; the others are still checked.
-        Some(decoded.into_iter().flatten().collect())
+        decoded.into_iter().collect()
+    }
+}
+
+/// A list whose failed items are reported and left out while the others are
+/// kept with their index in the file, so checks after decoding still run on
+/// them and name them right (`routes`, `consumers`, `listen`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Indexed<T> {
+    pub items: Vec<(usize, T)>,
+    /// How many items the file has, decoded or not.
+    pub written: usize,
+}
+
+impl<T> Indexed<T> {
+    /// The decoded items with their index in the file.
+    pub fn iter(&self) -> impl Iterator<Item = (usize, &T)> {
+        self.items.iter().map(|(i, t)| (*i, t))
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Whether some item failed to decode.
+    pub fn has_failed_items(&self) -> bool {
+        self.items.len() < self.written
+    }
+}
+
+impl<T: Decode> Decode for Indexed<T> {
+    fn decode(cx: &mut Cx<'_>, node: &Node) -> Option<Self> {
+        let NodeKind::Seq(items) = &node.kind else {
+            cx.error(
+                node.mark,
+                format!("expected a list, found {}", node.describe()),
+            );
+            return None;
+        };
+        let decoded = items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, item)| cx.at_index(i, |cx| T::decode(cx, item)).map(|t| (i, t)))
+            .collect();
+        Some(Indexed {
+            items: decoded,
+            written: items.len(),
+        })
     }
 }
 
@@ -421,6 +476,30 @@ pub fn parse_size(s: &str) -> Option<u64> {
 pub struct Spanned<T> {
     pub value: T,
     pub mark: Mark,
+    /// Whether the value came (in part) from a `${VAR}`: then it is never shown.
+    pub from_env: bool,
+}
+
+impl<T> Spanned<T> {
+    pub fn new(value: T, mark: Mark) -> Self {
+        Spanned {
+            value,
+            mark,
+            from_env: false,
+        }
+    }
+}
+
+impl<T: std::fmt::Debug> Spanned<T> {
+    /// The value for a message: quoted, or a placeholder when it came from the
+    /// environment (which may hold secrets).
+    pub fn shown(&self) -> String {
+        if self.from_env {
+            "(a value from the environment)".to_string()
+        } else {
+            format!("{:?}", self.value)
+        }
+    }
 }
 
 impl<T: Decode> Decode for Spanned<T> {
@@ -428,6 +507,7 @@ impl<T: Decode> Decode for Spanned<T> {
         T::decode(cx, node).map(|value| Spanned {
             value,
             mark: node.mark,
+            from_env: node.scalar_text().is_some_and(|t| t.contains("${")),
         })
     }
 }
@@ -468,15 +548,15 @@ impl<T: Decode> Decode for Table<T> {
                 cx.error(key.mark, "a key must be a plain name");
                 continue;
             };
-            if entries[..i].iter().any(|(k, _)| k.scalar_text() == Some(name)) {
+            if entries[..i]
+                .iter()
+                .any(|(k, _)| k.scalar_text() == Some(name))
+            {
                 cx.at_key(name, |cx| cx.error(key.mark, "duplicate name"));
                 continue;
             }
             if let Some(v) = cx.at_key(name, |cx| T::decode(cx, value)) {
-                let name = Spanned {
-                    value: name.to_string(),
-                    mark: key.mark,
-                };
+                let name = Spanned::new(name.to_string(), key.mark);
                 out.push((name, v));
             }
         }

@@ -7,7 +7,7 @@ pub mod schema;
 pub mod types;
 pub mod yaml;
 
-pub use decode::{ByteSize, Cx, Spanned, Table};
+pub use decode::{ByteSize, Cx, Indexed, Spanned, Table};
 pub use error::{ConfigError, ConfigErrors};
 pub use schema::*;
 pub use types::HeaderList;
@@ -76,7 +76,9 @@ fn validate(cx: &mut Cx<'_>, config: &Config) {
     }
     let upstreams = config.upstreams.clone().unwrap_or_default();
     for (name, upstream) in upstreams.iter() {
-        if upstream.peers.value.is_empty() {
+        if upstream.peers.value.is_empty()
+            && !cx.has_errors_under(&format!("upstreams.{name}.peers"))
+        {
             cx.error_at(
                 &format!("upstreams.{name}.peers"),
                 upstream.peers.mark,
@@ -85,20 +87,21 @@ fn validate(cx: &mut Cx<'_>, config: &Config) {
         }
     }
 
-    let consumers = config.consumers.as_deref().unwrap_or_default();
     let mut consumer_names = HashSet::new();
-    for (i, consumer) in consumers.iter().enumerate() {
+    for (i, consumer) in config.consumers.iter().flat_map(|c| c.iter()) {
         let path = format!("consumers[{i}]");
         if !consumer_names.insert(consumer.name.value.as_str()) {
             cx.error_at(
                 &format!("{path}.name"),
                 consumer.name.mark,
-                format!("duplicate consumer name {:?}", consumer.name.value),
+                format!("duplicate consumer name {}", consumer.name.shown()),
             );
         }
         let keys = consumer.keys.as_deref().unwrap_or_default();
         let hashes = consumer.key_hashes.as_deref().unwrap_or_default();
-        if keys.is_empty() && hashes.is_empty() {
+        let keys_failed = cx.has_errors_under(&format!("{path}.keys"))
+            || cx.has_errors_under(&format!("{path}.key_hashes"));
+        if keys.is_empty() && hashes.is_empty() && !keys_failed {
             cx.error_at(
                 &path,
                 consumer.name.mark,
@@ -125,20 +128,28 @@ fn validate(cx: &mut Cx<'_>, config: &Config) {
             }
         }
         if let Some(limit) = &consumer.rate_limit {
-            check_rate_limit(cx, &format!("{path}.rate_limit"), limit);
+            check_rate_limit(cx, &format!("{path}.rate_limit"), &limit.value);
         }
     }
 
     let mut route_names = HashSet::new();
-    for (i, route) in config.routes.iter().enumerate() {
+    // A consumer that failed to decode may be the one a route names.
+    let consumers_incomplete = config
+        .consumers
+        .as_ref()
+        .is_some_and(|c| c.has_failed_items());
+    for (i, route) in config.routes.iter() {
         let path = format!("routes[{i}]");
         if !route_names.insert(route.name.value.as_str()) {
             cx.error_at(
                 &format!("{path}.name"),
                 route.name.mark,
-                format!("duplicate route name {:?}", route.name.value),
+                format!("duplicate route name {}", route.name.shown()),
             );
         }
+        let target_failed = ["upstream", "respond", "aggregate"]
+            .iter()
+            .any(|field| cx.has_errors_under(&format!("{path}.{field}")));
         let targets = [
             route.upstream.is_some(),
             route.respond.is_some(),
@@ -146,6 +157,7 @@ fn validate(cx: &mut Cx<'_>, config: &Config) {
         ];
         match targets.iter().filter(|t| **t).count() {
             1 => {}
+            0 if target_failed => {}
             0 => cx.error_at(
                 &path,
                 route.name.mark,
@@ -161,7 +173,7 @@ fn validate(cx: &mut Cx<'_>, config: &Config) {
             check_upstream_name(cx, &format!("{path}.upstream"), up, &upstreams);
         }
         if let Some(parts) = &route.aggregate {
-            for (part, p) in parts.iter() {
+            for (part, p) in parts.value.iter() {
                 check_upstream_name(
                     cx,
                     &format!("{path}.aggregate.{part}.upstream"),
@@ -170,13 +182,12 @@ fn validate(cx: &mut Cx<'_>, config: &Config) {
                 );
             }
         }
-        let consumers_failed = cx.has_errors_under("consumers");
-        for (c, name) in route.consumers.iter().flatten().enumerate() {
-            if !consumer_names.contains(name.value.as_str()) && !consumers_failed {
+        for (c, name) in route.consumers.iter().flat_map(|c| c.iter()) {
+            if !consumer_names.contains(name.value.as_str()) && !consumers_incomplete {
                 cx.error_at(
                     &format!("{path}.consumers[{c}]"),
                     name.mark,
-                    format!("unknown consumer {:?}", name.value),
+                    format!("unknown consumer {}", name.shown()),
                 );
             }
         }
@@ -188,7 +199,7 @@ fn validate(cx: &mut Cx<'_>, config: &Config) {
             );
         }
         if let Some(limit) = &route.rate_limit {
-            check_rate_limit(cx, &format!("{path}.rate_limit"), limit);
+            check_rate_limit(cx, &format!("{path}.rate_limit"), &limit.value);
         }
         if let Some(respond) = &route.respond {
             if !(100..=599).contains(&respond.status.value) {
@@ -207,6 +218,9 @@ fn validate(cx: &mut Cx<'_>, config: &Config) {
     if let Some(store) = &config.rate_limit {
         let redis = store.store.as_ref().filter(|s| s.value == StoreKind::Redis);
         if let (Some(kind), None) = (redis, &store.redis) {
+            if cx.has_errors_under("rate_limit.redis") {
+                return;
+            }
             cx.error_at(
                 "rate_limit.store",
                 kind.mark,
@@ -226,8 +240,8 @@ fn check_upstream_name(cx: &mut Cx<'_>, path: &str, name: &Spanned<String>, ups:
             path,
             name.mark,
             format!(
-                "unknown upstream {:?}; upstreams are: {}",
-                name.value,
+                "unknown upstream {}; upstreams are: {}",
+                name.shown(),
                 if known.is_empty() {
                     "(none)".to_string()
                 } else {

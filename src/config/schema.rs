@@ -3,7 +3,7 @@
 //! Optional fields stay `Option` here; defaults are applied when the config is
 //! compiled into the gateway's tables, so that what was written stays visible.
 
-use super::decode::{decode_enum, decode_struct, ByteSize, Spanned, Table};
+use super::decode::{decode_enum, decode_struct, ByteSize, Indexed, Spanned, Table};
 use super::types::HeaderList;
 use http::{HeaderName, Method};
 use ipnet::IpNet;
@@ -12,7 +12,7 @@ use std::time::Duration;
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub listen: Spanned<Vec<Listener>>,
+    pub listen: Spanned<Indexed<Listener>>,
     pub admin: Option<Admin>,
     pub threads: Option<Spanned<usize>>,
     pub shutdown_grace: Option<Duration>,
@@ -20,9 +20,9 @@ pub struct Config {
     pub log: Option<LogConf>,
     pub trusted_proxies: Option<Vec<IpNet>>,
     pub auth: Option<AuthConf>,
-    pub consumers: Option<Vec<Consumer>>,
+    pub consumers: Option<Indexed<Consumer>>,
     pub upstreams: Option<Table<Upstream>>,
-    pub routes: Vec<Route>,
+    pub routes: Indexed<Route>,
     pub rate_limit: Option<RateLimitStore>,
 }
 decode_struct!(Config {
@@ -43,7 +43,7 @@ decode_struct!(Config {
 #[derive(Debug, Clone)]
 pub struct Listener {
     pub addr: SocketAddr,
-    pub tls: Option<ListenerTls>,
+    pub tls: Option<Spanned<ListenerTls>>,
 }
 decode_struct!(Listener { addr, tls });
 
@@ -111,7 +111,7 @@ pub struct Consumer {
     pub name: Spanned<String>,
     pub keys: Option<Vec<Spanned<String>>>,
     pub key_hashes: Option<Vec<Spanned<String>>>,
-    pub rate_limit: Option<RateLimit>,
+    pub rate_limit: Option<Spanned<RateLimit>>,
 }
 decode_struct!(Consumer {
     name,
@@ -205,8 +205,8 @@ pub struct Route {
     pub exact: Option<bool>,
     pub upstream: Option<Spanned<String>>,
     pub auth: Option<AuthMode>,
-    pub consumers: Option<Vec<Spanned<String>>>,
-    pub rate_limit: Option<RateLimit>,
+    pub consumers: Option<Indexed<Spanned<String>>>,
+    pub rate_limit: Option<Spanned<RateLimit>>,
     pub request_headers: Option<HeaderRules>,
     pub response_headers: Option<HeaderRules>,
     pub strip_prefix: Option<bool>,
@@ -214,7 +214,7 @@ pub struct Route {
     pub max_body: Option<ByteSize>,
     pub timeout: Option<Duration>,
     pub respond: Option<Respond>,
-    pub aggregate: Option<Table<AggregatePart>>,
+    pub aggregate: Option<Spanned<Table<AggregatePart>>>,
     pub max_part_body: Option<ByteSize>,
 }
 decode_struct!(Route {

@@ -55,13 +55,14 @@ impl Node {
         }
     }
 
-    /// What a node is, for "expected X, found Y" messages.
-    pub fn describe(&self) -> String {
+    /// What kind of node this is, for "expected a list, found a single value".
+    /// Never the text itself: it may be a key written where a list was expected.
+    pub fn describe(&self) -> &'static str {
         match &self.kind {
-            NodeKind::Scalar { .. } if self.is_null() => "nothing (null)".to_string(),
-            NodeKind::Scalar { text, .. } => format!("{text:?}"),
-            NodeKind::Seq(_) => "a list".to_string(),
-            NodeKind::Map(_) => "a mapping".to_string(),
+            NodeKind::Scalar { .. } if self.is_null() => "nothing (null)",
+            NodeKind::Scalar { .. } => "a single value",
+            NodeKind::Seq(_) => "a list",
+            NodeKind::Map(_) => "a mapping",
         }
     }
 }
@@ -147,9 +148,17 @@ impl TreeBuilder {
     }
 
     fn close(&mut self) {
-        if let Some((node, anchor)) = self.stack.pop() {
-            if matches!(node.kind, NodeKind::Map(_)) {
+        if let Some((mut node, anchor)) = self.stack.pop() {
+            if let NodeKind::Map(entries) = &node.kind {
                 self.pending_keys.pop();
+                // yaml-rust2 marks a block mapping at its first `:`; its first key
+                // is where a reader sees it start.
+                if let Some((first_key, _)) = entries.first() {
+                    let key = (first_key.mark.line, first_key.mark.col);
+                    if key < (node.mark.line, node.mark.col) {
+                        node.mark = first_key.mark;
+                    }
+                }
             }
             self.push_value(node, anchor);
         }

@@ -92,7 +92,10 @@ pub struct Backend {
 
 impl Backend {
     pub fn start(handler: impl Fn(&Received) -> Answer + Send + Sync + 'static) -> Backend {
-        Self::start_on(TcpListener::bind("127.0.0.1:0").expect("bind backend"), handler)
+        Self::start_on(
+            TcpListener::bind("127.0.0.1:0").expect("bind backend"),
+            handler,
+        )
     }
 
     /// Answers 200 with a JSON echo of what it received.
@@ -123,7 +126,8 @@ impl Backend {
         let stop = Arc::new(AtomicBool::new(false));
         let handler: Arc<Handler> = Arc::new(handler);
         {
-            let (connections, received, stop) = (connections.clone(), received.clone(), stop.clone());
+            let (connections, received, stop) =
+                (connections.clone(), received.clone(), stop.clone());
             std::thread::spawn(move || {
                 for stream in listener.incoming() {
                     if stop.load(Ordering::SeqCst) {
@@ -149,7 +153,9 @@ impl Backend {
     }
 
     pub fn last(&self) -> Received {
-        self.requests().pop().expect("the backend received a request")
+        self.requests()
+            .pop()
+            .expect("the backend received a request")
     }
 
     /// Stops accepting (connections already open are left to the client).
@@ -173,14 +179,22 @@ fn serve_connection(stream: TcpStream, handler: &Handler, received: &Mutex<Vec<R
     });
     let mut writer = stream;
     loop {
-        let Some(req) = read_request(&mut reader) else { return };
-        let close = req.header("connection").is_some_and(|c| c.eq_ignore_ascii_case("close"));
+        let Some(req) = read_request(&mut reader) else {
+            return;
+        };
+        let close = req
+            .header("connection")
+            .is_some_and(|c| c.eq_ignore_ascii_case("close"));
         received.lock().expect("lock").push(req.clone());
         let answer = handler(&req);
         if !answer.delay.is_zero() {
             std::thread::sleep(answer.delay);
         }
-        let mut head = format!("HTTP/1.1 {} X\r\ncontent-length: {}\r\n", answer.status, answer.body.len());
+        let mut head = format!(
+            "HTTP/1.1 {} X\r\ncontent-length: {}\r\n",
+            answer.status,
+            answer.body.len()
+        );
         for (k, v) in &answer.headers {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -217,9 +231,16 @@ fn read_head(reader: &mut impl BufRead) -> Option<(String, HashMap<String, Strin
     Some((first.trim_end().to_string(), headers))
 }
 
-fn read_body(reader: &mut impl BufRead, headers: &HashMap<String, String>, until_close: bool) -> Option<Vec<u8>> {
+fn read_body(
+    reader: &mut impl BufRead,
+    headers: &HashMap<String, String>,
+    until_close: bool,
+) -> Option<Vec<u8>> {
     let mut body = Vec::new();
-    if headers.get("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
+    if headers
+        .get("transfer-encoding")
+        .is_some_and(|t| t.contains("chunked"))
+    {
         loop {
             let mut size = String::new();
             reader.read_line(&mut size).ok()?;
@@ -278,7 +299,11 @@ impl Response {
 
     /// The `error` code of one of the gateway's own answers, checked for shape.
     pub fn error_code(&self) -> String {
-        assert_eq!(self.header("content-type"), Some("application/json"), "{self:?}");
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/json"),
+            "{self:?}"
+        );
         let v = self.json();
         assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
         assert_eq!(v["request_id"].as_str(), self.header("x-request-id"), "{v}");
@@ -287,7 +312,13 @@ impl Response {
 }
 
 /// Sends one request on a new connection (`connection: close`) and reads the answer.
-pub fn request(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
     let mut raw = format!("{method} {target} HTTP/1.1\r\n");
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
         raw.push_str(&format!("host: {addr}\r\n"));
@@ -295,7 +326,9 @@ pub fn request(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &
     for (k, v) in headers {
         raw.push_str(&format!("{k}: {v}\r\n"));
     }
-    let chunked = headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("transfer-encoding"));
+    let chunked = headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("transfer-encoding"));
     if !body.is_empty() && !chunked {
         raw.push_str(&format!("content-length: {}\r\n", body.len()));
     }
@@ -323,7 +356,11 @@ pub fn send_raw(addr: SocketAddr, bytes: &[u8]) -> std::io::Result<Response> {
         .and_then(|s| s.parse().ok())
         .ok_or_else(bad)?;
     let body = read_body(&mut reader, &headers, true).ok_or_else(bad)?;
-    Ok(Response { status, headers, body })
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
 }
 
 /// A running `portcullis` process; killed when dropped.
@@ -381,8 +418,11 @@ impl Gateway {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("portcullis exited early ({status}): {}", self.stderr());
             }
-            let ready = send_raw(self.admin, b"GET /readyz HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n")
-                .is_ok_and(|r| r.status == 200);
+            let ready = send_raw(
+                self.admin,
+                b"GET /readyz HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+            )
+            .is_ok_and(|r| r.status == 200);
             if ready {
                 return;
             }
@@ -407,7 +447,10 @@ impl Gateway {
     pub fn metric(&self, series: &str) -> f64 {
         self.metrics()
             .lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.trim().parse().ok())
+            })
             .unwrap_or(0.0)
     }
 
