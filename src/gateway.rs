@@ -236,6 +236,15 @@ fn build(cx: &mut Cx<'_>, config: &Config) -> Gateway {
 /// a rate limit or TLS listener silently not applied would be a security hole.
 fn reject_unimplemented(cx: &mut Cx<'_>, config: &Config) {
     let later = "is not implemented in this version of portcullis";
+    // Pingora's defaults apply meanwhile; say so rather than stay silent.
+    if config.limits.is_some() {
+        log::warn!("`limits` is accepted but not enforced yet: Pingora's defaults apply");
+    }
+    for (name, upstream) in config.upstreams.iter().flat_map(|t| t.iter()) {
+        if upstream.health_check.is_some() {
+            log::warn!("upstreams.{name}.health_check is accepted but not run yet: only failed connects are retried");
+        }
+    }
     for (i, l) in config.listen.value.iter() {
         if let Some(tls) = &l.tls {
             cx.error_at(

@@ -35,6 +35,8 @@ pub fn in_flight() -> usize {
     IN_FLIGHT.load(Ordering::Acquire)
 }
 
+/// The status logged when the client closed the connection before any answer.
+const CLIENT_CLOSED_REQUEST: u16 = 499;
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -177,6 +179,15 @@ impl Portcullis {
     fn admit(&self, session: &Session, ctx: &mut RequestCtx) -> std::result::Result<(), Refusal> {
         let gw = &ctx.gateway;
         let req = session.req_header();
+        // Both framings at once is the request-smuggling shape: refuse it. Pingora
+        // has already dropped the content-length (RFC 9112 §6.3), so look at the
+        // raw head, only when a transfer-encoding is there (rare, so free).
+        if req.headers.contains_key(http::header::TRANSFER_ENCODING) {
+            let raw = session.as_http1().map(|h1| h1.get_headers_raw_bytes());
+            if raw.is_some_and(|head| forward::declares_content_length(&head)) {
+                return Err(Refusal::BadRequest);
+            }
+        }
         let route_index = match gw.route(&req.method, req.uri.path(), request_host(req)) {
             Lookup::Found(i) => i,
             Lookup::MethodNotAllowed(allow) => return Err(Refusal::MethodNotAllowed { allow }),
@@ -313,9 +324,16 @@ impl ProxyHttp for Portcullis {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip())
         {
-            let incoming = header_str(req, X_FORWARDED_FOR);
+            // Several x-forwarded-for lines form one list (RFC 9110 §5.3).
+            let lines: Vec<&str> = req
+                .headers
+                .get_all(X_FORWARDED_FOR)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            let incoming = (!lines.is_empty()).then(|| lines.join(", "));
             let (client, chain) =
-                forward::forwarded_for(peer, incoming, &ctx.gateway.trusted_proxies);
+                forward::forwarded_for(peer, incoming.as_deref(), &ctx.gateway.trusted_proxies);
             ctx.client = Some(client);
             ctx.forwarded_for = chain;
         }
@@ -367,6 +385,9 @@ impl ProxyHttp for Portcullis {
             },
             None => None,
         };
+        if let Some(previous) = ctx.peer.take() {
+            upstream.release(previous);
+        }
         let (key, len) = hash_key(ctx.client);
         match upstream.pick_peer(&key[..len], &ctx.tried) {
             Ok(i) => {
@@ -419,6 +440,59 @@ impl ProxyHttp for Portcullis {
             }
         }
         e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("peer {peer}"));
+        // Pingora's policy: never retry a request that is not idempotent or whose
+        // body can no longer be replayed; otherwise retry only when a pooled
+        // connection turned out dead.
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        if e.retry() {
+            // The peer is fine, its old connection was not: it may be picked
+            // again, on a fresh connection.
+            if let Some(p) = ctx.peer {
+                ctx.tried.retain(|t| *t != p);
+            }
+        }
+        e
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        // The route timeout bounds the whole answer, not only its header.
+        if ctx.deadline.is_some_and(|d| Instant::now() >= d) {
+            ctx.refusal = Some(Refusal::GatewayTimeout);
+            return Err(Error::explain(
+                ErrorType::ReadTimedout,
+                "route timeout while reading the body",
+            ));
+        }
+        Ok(None)
+    }
+
+    /// What Pingora's own error lines say of a request: never the query string,
+    /// which may hold secrets.
+    fn request_summary(&self, session: &Session, _ctx: &RequestCtx) -> String {
+        let req = session.req_header();
+        format!("{} {}", req.method, req.uri.path())
     }
 
     async fn upstream_request_filter(
@@ -496,6 +570,13 @@ impl ProxyHttp for Portcullis {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if ctx.deadline.is_some_and(|d| Instant::now() >= d) {
+            ctx.refusal = Some(Refusal::GatewayTimeout);
+            return Err(Error::explain(
+                ErrorType::WriteTimedout,
+                "route timeout while sending the body",
+            ));
+        }
         if let Some(chunk) = body {
             ctx.body_bytes += chunk.len() as u64;
             let max = ctx.route(&ctx.gateway).and_then(|r| r.max_body);
@@ -516,7 +597,11 @@ impl ProxyHttp for Portcullis {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        ctx.upstream_status = Some(upstream_response.status.as_u16());
+        let status = upstream_response.status;
+        if status.is_informational() && status != http::StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(()); // a 103 or 100 before the real answer
+        }
+        ctx.upstream_status = Some(status.as_u16());
         if let Some(started) = ctx.upstream_started {
             let elapsed = started.elapsed();
             ctx.upstream_elapsed = Some(elapsed);
@@ -604,7 +689,10 @@ impl ProxyHttp for Portcullis {
         let gw = ctx.gateway.clone();
         let metrics = ctx.metrics();
         let req = session.req_header();
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        // No answer was written: the client went away first (nginx's 499).
+        let status = session
+            .response_written()
+            .map_or(CLIENT_CLOSED_REQUEST, |r| r.status.as_u16());
         let elapsed = ctx.started.elapsed();
         let bytes_in = session.body_bytes_read() as u64;
         let bytes_out = session.body_bytes_sent() as u64;

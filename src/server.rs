@@ -43,6 +43,18 @@ pub fn init_logging(config: &Config) {
     let format = conf.and_then(|l| l.format).unwrap_or_default();
     let mut builder = env_logger::Builder::new();
     builder.filter_level(level).parse_default_env();
+    // Pingora's debug and trace lines print whole request headers (the client's
+    // key, the gateway secret): its modules never log below info.
+    for module in [
+        "pingora",
+        "pingora_core",
+        "pingora_proxy",
+        "pingora_http",
+        "pingora_pool",
+        "pingora_load_balancing",
+    ] {
+        builder.filter_module(module, level.min(log::LevelFilter::Info));
+    }
     if format == LogFormat::Json {
         builder.format(|buf, record| {
             use std::io::Write;

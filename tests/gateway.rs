@@ -675,3 +675,144 @@ fn the_demo_serves_users_and_orders_behind_the_gateway() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn a_dead_pooled_connection_is_retried_on_a_fresh_one() {
+    // The backend closes every connection after one answer without saying so:
+    // each pooled connection the gateway reuses turns out dead.
+    let backend = Backend::start(|_| {
+        let mut answer = Answer::json(200, "{}");
+        answer.then_close = true;
+        answer
+    });
+    let config = format!(
+        "{}upstreams:\n  u:\n    peers: [\"{}\"]\n    balance: least_connections\nroutes:\n  - {{ name: r, path: /, upstream: u, auth: none }}\n",
+        config_head(),
+        backend.addr
+    );
+    let gw = Gateway::start(&config);
+    for i in 0..5 {
+        assert_eq!(gw.get("/", &[]).status, 200, "request {i}");
+    }
+}
+
+#[test]
+fn the_route_timeout_also_bounds_a_trickling_body() {
+    let trickle = Backend::start(|_| {
+        let mut answer = Answer::json(200, "0123456789");
+        answer.trickle = Some(Duration::from_millis(200));
+        answer
+    });
+    let config = format!(
+        "{}upstreams:\n  t:\n    peers: [\"{}\"]\nroutes:\n  - {{ name: t, path: /, upstream: t, auth: none, timeout: 500ms }}\n",
+        config_head(),
+        trickle.addr
+    );
+    let gw = Gateway::start(&config);
+    let started = Instant::now();
+    let raw = send_raw(
+        gw.addr,
+        b"GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    if let Ok(resp) = raw {
+        assert!(
+            resp.body.len() < 10,
+            "the whole body arrived past the deadline"
+        );
+    }
+    let line = gw.access_log().pop().expect("logged");
+    assert_eq!(line["error"], "gateway_timeout");
+}
+
+#[test]
+fn informational_answers_are_passed_over_by_the_upstream_timing() {
+    let backend = Backend::start(|_| {
+        let mut answer = Answer::json(200, "{}");
+        answer.early_hints = true;
+        answer
+    });
+    let config = format!(
+        "{}upstreams:\n  u:\n    peers: [\"{}\"]\nroutes:\n  - {{ name: r, path: /, upstream: u, auth: none }}\n",
+        config_head(),
+        backend.addr
+    );
+    let gw = Gateway::start(&config);
+    assert_eq!(gw.get("/", &[]).status, 200);
+    assert_eq!(
+        gw.metric("portcullis_upstream_duration_seconds_count{route=\"r\",upstream=\"u\"}"),
+        1.0
+    );
+    assert_eq!(
+        gw.access_log().pop().expect("logged")["upstream_status"],
+        200
+    );
+}
+
+#[test]
+fn every_x_forwarded_for_line_of_a_trusted_proxy_counts() {
+    let backend = Backend::echo();
+    let config = format!(
+        "{}trusted_proxies: [127.0.0.0/8]\nupstreams:\n  u:\n    peers: [\"{}\"]\nroutes:\n  - {{ name: r, path: /, upstream: u, auth: none }}\n",
+        config_head(),
+        backend.addr
+    );
+    let gw = Gateway::start(&config);
+    let raw = b"GET / HTTP/1.1\r\nhost: a\r\nx-forwarded-for: 6.6.6.6\r\nx-forwarded-for: 198.51.100.7\r\nconnection: close\r\n\r\n";
+    assert_eq!(send_raw(gw.addr, raw).expect("response").status, 200);
+    assert_eq!(
+        backend.last().header("x-forwarded-for"),
+        Some("6.6.6.6, 198.51.100.7, 127.0.0.1")
+    );
+    assert_eq!(
+        gw.access_log().pop().expect("logged")["client"],
+        "198.51.100.7"
+    );
+}
+
+#[test]
+fn content_length_with_transfer_encoding_is_refused_and_closed() {
+    let (gw, backend) = users_gateway("");
+    let raw = format!(
+        "POST /users HTTP/1.1\r\nhost: a\r\nx-api-key: {KEY}\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\nGET /users/smuggled HTTP/1.1\r\nhost: a\r\n\r\n"
+    );
+    let resp = send_raw(gw.addr, raw.as_bytes()).expect("response");
+    assert_eq!(
+        (resp.status, resp.error_code().as_str()),
+        (400, "bad_request")
+    );
+    assert_eq!(resp.header("connection"), Some("close"));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(backend.requests().is_empty(), "nothing reached the backend");
+}
+
+#[test]
+fn debug_logging_never_prints_the_key_or_the_secret() {
+    let (gw, _backend) = users_gateway("");
+    drop(gw);
+    let backend = Backend::echo();
+    let config = format!(
+        "{}log: {{ level: trace, format: text }}\nupstreams:\n  u:\n    peers: [\"{}\"]\n    headers: {{ x-gateway-secret: \"{SECRET}\" }}\nroutes:\n  - {{ name: r, path: /, upstream: u }}\n",
+        config_head(),
+        backend.addr
+    );
+    let gw = Gateway::start(&config);
+    assert_eq!(
+        gw.get("/?q=query-secret", &[("x-api-key", KEY)]).status,
+        200
+    );
+    assert_eq!(gw.get("/", &[("x-api-key", "wrong-key-7f3a")]).status, 401);
+    std::thread::sleep(Duration::from_millis(200));
+    let all = format!("{}{}", gw.stdout(), gw.stderr());
+    assert!(
+        all.contains("DEBUG") || all.contains("TRACE") || all.contains("INFO"),
+        "the log ran: {all}"
+    );
+    for secret in [KEY, SECRET, "wrong-key-7f3a", "query-secret"] {
+        assert!(!all.contains(secret), "{secret} appeared in the logs");
+    }
+}

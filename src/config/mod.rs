@@ -202,6 +202,14 @@ fn validate(cx: &mut Cx<'_>, config: &Config) {
             check_rate_limit(cx, &format!("{path}.rate_limit"), &limit.value);
         }
         if let Some(respond) = &route.respond {
+            let bodiless = matches!(respond.status.value, 100..=199 | 204 | 304);
+            if bodiless && respond.body.as_ref().is_some_and(|b| !b.is_empty()) {
+                cx.error_at(
+                    &format!("{path}.respond.body"),
+                    respond.status.mark,
+                    format!("a {} answer has no body", respond.status.value),
+                );
+            }
             if !(100..=599).contains(&respond.status.value) {
                 cx.error_at(
                     &format!("{path}.respond.status"),

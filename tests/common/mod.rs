@@ -56,6 +56,13 @@ pub struct Answer {
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     pub delay: Duration,
+    /// Close the connection after this answer without saying so (a pooled
+    /// connection that dies under the proxy).
+    pub then_close: bool,
+    /// Send the body one byte per this interval.
+    pub trickle: Option<Duration>,
+    /// Send `103 Early Hints` before the answer.
+    pub early_hints: bool,
 }
 
 impl Answer {
@@ -65,6 +72,9 @@ impl Answer {
             headers: vec![("content-type".into(), "application/json".into())],
             body: body.as_bytes().to_vec(),
             delay: Duration::ZERO,
+            then_close: false,
+            trickle: None,
+            early_hints: false,
         }
     }
 
@@ -190,6 +200,10 @@ fn serve_connection(stream: TcpStream, handler: &Handler, received: &Mutex<Vec<R
         if !answer.delay.is_zero() {
             std::thread::sleep(answer.delay);
         }
+        let hints = b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n";
+        if answer.early_hints && writer.write_all(hints).is_err() {
+            return;
+        }
         let mut head = format!(
             "HTTP/1.1 {} X\r\ncontent-length: {}\r\n",
             answer.status,
@@ -200,10 +214,28 @@ fn serve_connection(stream: TcpStream, handler: &Handler, received: &Mutex<Vec<R
         }
         head.push_str("\r\n");
         let mut out = head.into_bytes();
-        if req.method != "HEAD" {
-            out.extend_from_slice(&answer.body);
+        match answer.trickle {
+            Some(interval) if req.method != "HEAD" => {
+                if writer.write_all(&out).is_err() {
+                    return;
+                }
+                for byte in &answer.body {
+                    std::thread::sleep(interval);
+                    if writer.write_all(&[*byte]).is_err() {
+                        return;
+                    }
+                }
+            }
+            _ => {
+                if req.method != "HEAD" {
+                    out.extend_from_slice(&answer.body);
+                }
+                if writer.write_all(&out).is_err() {
+                    return;
+                }
+            }
         }
-        if writer.write_all(&out).is_err() || close {
+        if close || answer.then_close {
             return;
         }
     }
@@ -349,12 +381,18 @@ pub fn send_raw(addr: SocketAddr, bytes: &[u8]) -> std::io::Result<Response> {
     stream.write_all(bytes)?;
     let mut reader = BufReader::new(stream);
     let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed response");
-    let (line, headers) = read_head(&mut reader).ok_or_else(bad)?;
-    let status = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(bad)?;
+    // Informational answers (103 Early Hints, 100 Continue) precede the real one.
+    let (status, headers) = loop {
+        let (line, headers) = read_head(&mut reader).ok_or_else(bad)?;
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(bad)?;
+        if !(100..200).contains(&status) || status == 101 {
+            break (status, headers);
+        }
+    };
     let body = read_body(&mut reader, &headers, true).ok_or_else(bad)?;
     Ok(Response {
         status,
