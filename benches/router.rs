@@ -1,1 +1,93 @@
-fn main() {}
+//! Benchmarks of the two lookups every request makes: the route table and the
+//! API-key store. Sizes grow 10x-100x; the routing trie and the key hash map
+//! should keep the cost per lookup nearly flat, not linear in the table size.
+//!
+//! Run: `cargo bench --bench router` (add `-- --warm-up-time 1 --measurement-time 2`
+//! for a quick pass).
+
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
+use http::Method;
+use portcullis::auth::{hash_key, KeyStore};
+use portcullis::router::{Lookup, Pattern, RouteSpec, Router};
+
+const ROUTE_COUNTS: [usize; 3] = [10, 100, 1000];
+const CONSUMER_COUNTS: [usize; 2] = [10, 10_000];
+
+/// Route `i` of a realistic table: a rotation of prefix routes, `{param}` routes
+/// with methods, exact routes and host-bound routes, each under its own service.
+fn route(i: usize) -> RouteSpec {
+    let (path, exact, methods, host) = match i % 4 {
+        0 => (format!("/svc{i}/v1/items"), false, None, None),
+        1 => (
+            format!("/svc{i}/v1/items/{{id}}"),
+            false,
+            Some(vec![Method::GET, Method::PUT]),
+            None,
+        ),
+        2 => (format!("/svc{i}/status"), true, None, None),
+        _ => (
+            format!("/svc{i}/v2/orders"),
+            false,
+            Some(vec![Method::GET, Method::POST]),
+            Some("api.example.com".to_string()),
+        ),
+    };
+    RouteSpec {
+        pattern: Pattern::parse(&path).expect("benchmark route paths are valid"),
+        exact,
+        methods,
+        host,
+    }
+}
+
+fn router_lookup(c: &mut Criterion) {
+    let mut group = c.benchmark_group("router_lookup");
+    for n in ROUTE_COUNTS {
+        let router = Router::new((0..n).map(route).collect());
+        // The last `{param}` route: defined deep in the table, matched through a
+        // literal prefix and a parameter segment, with a method check.
+        let deep = (0..n).rev().find(|i| i % 4 == 1).expect("n >= 2");
+        let hit = format!("/svc{deep}/v1/items/42");
+        let miss = "/nowhere/v1/items/42";
+        let host = Some("api.example.com");
+        assert_eq!(router.lookup(&Method::GET, &hit, host), Lookup::Found(deep));
+        assert_eq!(router.lookup(&Method::GET, miss, host), Lookup::NotFound);
+
+        group.bench_with_input(BenchmarkId::new("hit", n), &hit, |b, path| {
+            b.iter(|| router.lookup(black_box(&Method::GET), black_box(path), black_box(host)))
+        });
+        group.bench_with_input(BenchmarkId::new("miss", n), &miss, |b, path| {
+            b.iter(|| router.lookup(black_box(&Method::GET), black_box(path), black_box(host)))
+        });
+    }
+    group.finish();
+}
+
+fn keystore_find(c: &mut Criterion) {
+    let mut group = c.benchmark_group("keystore_find");
+    for n in CONSUMER_COUNTS {
+        let key = |i: usize| format!("pk_live_{i:08}_0123456789abcdef0123456789abcdef");
+        let mut store = KeyStore::default();
+        for i in 0..n {
+            let id = store.add_consumer(&format!("consumer-{i}"));
+            store
+                .add_key(id, hash_key(key(i).as_bytes()))
+                .expect("unique keys");
+        }
+        let present = key(n - 1);
+        let absent = "pk_live_notakey_0123456789abcdef0123456789abcdef".to_string();
+        assert_eq!(store.find(present.as_bytes()), Some(n - 1));
+        assert_eq!(store.find(absent.as_bytes()), None);
+
+        group.bench_with_input(BenchmarkId::new("present", n), &present, |b, k| {
+            b.iter(|| store.find(black_box(k.as_bytes())))
+        });
+        group.bench_with_input(BenchmarkId::new("absent", n), &absent, |b, k| {
+            b.iter(|| store.find(black_box(k.as_bytes())))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, router_lookup, keystore_find);
+criterion_main!(benches);
