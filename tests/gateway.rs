@@ -685,10 +685,10 @@ fn a_dead_pooled_connection_is_retried_on_a_fresh_one() {
         answer.then_close = true;
         answer
     });
-    let config = format!(
-        "{}upstreams:\n  u:\n    peers: [\"{}\"]\n    balance: least_connections\nroutes:\n  - {{ name: r, path: /, upstream: u, auth: none }}\n",
-        config_head(),
-        backend.addr
+    let config = one_route_config(
+        &[backend.addr],
+        "    balance: least_connections\n",
+        "auth: none",
     );
     let gw = Gateway::start(&config);
     for i in 0..5 {
@@ -736,11 +736,7 @@ fn informational_answers_are_passed_over_by_the_upstream_timing() {
         answer.early_hints = true;
         answer
     });
-    let config = format!(
-        "{}upstreams:\n  u:\n    peers: [\"{}\"]\nroutes:\n  - {{ name: r, path: /, upstream: u, auth: none }}\n",
-        config_head(),
-        backend.addr
-    );
+    let config = one_route_config(&[backend.addr], "", "auth: none");
     let gw = Gateway::start(&config);
     assert_eq!(gw.get("/", &[]).status, 200);
     assert_eq!(

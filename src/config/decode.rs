@@ -324,22 +324,11 @@ impl<T: Decode> Decode for Option<T> {
 }
 
 impl<T: Decode> Decode for Vec<T> {
+    /// Every item is checked; one failed item fails the list (an optional list
+    /// is then absent), so no index shifts in later messages.
     fn decode(cx: &mut Cx<'_>, node: &Node) -> Option<Self> {
-        let NodeKind::Seq(items) = &node.kind else {
-            cx.error(
-                node.mark,
-                format!("expected a list, found {}", node.describe()),
-            );
-            return None;
-        };
-        // Every item is checked; one failed item fails the list (an optional list
-        // is then absent), so no index shifts in later messages.
-        let decoded: Vec<Option<T>> = items
-            .iter()
-            .enumerate()
-            .map(|(i, item)| cx.at_index(i, |cx| T::decode(cx, item)))
-            .collect();
-        decoded.into_iter().collect()
+        let list = Indexed::<T>::decode(cx, node)?;
+        (!list.has_failed_items()).then(|| list.items.into_iter().map(|(_, t)| t).collect())
     }
 }
 

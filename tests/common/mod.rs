@@ -544,3 +544,15 @@ pub fn config_head() -> String {
          consumers:\n  - name: web\n    keys: [\"{KEY}\"]\n"
     )
 }
+
+/// A whole config: `config_head()`, one upstream `u` over `peers` (with
+/// `upstream_extra` lines, indented 4), and one route `r` on `/` to it whose
+/// flow-mapping fields are extended by `route_extra` (e.g. "auth: none").
+pub fn one_route_config(peers: &[SocketAddr], upstream_extra: &str, route_extra: &str) -> String {
+    let peers: Vec<String> = peers.iter().map(|p| format!("\"{p}\"")).collect();
+    format!(
+        "{}upstreams:\n  u:\n    peers: [{}]\n{upstream_extra}routes:\n  - {{ name: r, path: /, upstream: u, {route_extra} }}\n",
+        config_head(),
+        peers.join(", ")
+    )
+}
