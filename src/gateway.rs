@@ -3,6 +3,7 @@
 
 use crate::auth::{hash_key, parse_key_hash, ConsumerId, KeyStore};
 use crate::config::{self, Config, ConfigErrors, Cx};
+use crate::limit::{self, LimitSpec, Limiter};
 use crate::metrics::{RouteMetrics, UpstreamMetrics};
 use crate::router::{Lookup, Pattern, RouteSpec, Router};
 use crate::upstream::Upstream;
@@ -60,6 +61,8 @@ pub struct Route {
     pub preserve_host: bool,
     pub max_body: Option<u64>,
     pub timeout: Option<Duration>,
+    /// The route's own limit: its index in the limiter, and whom it counts.
+    pub rate_limit: Option<(u32, config::LimitBy)>,
 }
 
 pub struct Gateway {
@@ -67,6 +70,9 @@ pub struct Gateway {
     pub routes: Vec<Route>,
     pub upstreams: Vec<Upstream>,
     pub keys: KeyStore,
+    /// Each consumer's own limit (index in the limiter), by consumer id.
+    pub consumer_limits: Vec<Option<u32>>,
+    pub limiter: Limiter,
     pub auth_header: HeaderName,
     pub trusted_proxies: Vec<IpNet>,
     /// Every header an upstream's `headers` sets: never sent back to a client.
@@ -123,9 +129,28 @@ fn build(cx: &mut Cx<'_>, config: &Config) -> Gateway {
         }
     }
 
+    let mut specs: Vec<LimitSpec> = Vec::new();
+    let mut add_limit = |name: String, conf: &config::RateLimit, by: config::LimitBy| {
+        specs.push(LimitSpec {
+            name,
+            requests: conf.requests.value,
+            per: conf.per.value,
+            by,
+        });
+        (specs.len() - 1) as u32
+    };
+
     let mut keys = KeyStore::default();
+    let mut consumer_limits = Vec::new();
     for (i, consumer) in config.consumers.iter().flat_map(|c| c.iter()) {
         let id = keys.add_consumer(&consumer.name.value);
+        consumer_limits.push(consumer.rate_limit.as_ref().map(|l| {
+            add_limit(
+                format!("consumer:{}", consumer.name.value),
+                &l.value,
+                config::LimitBy::Consumer,
+            )
+        }));
         let plain = consumer.keys.iter().flatten().enumerate().map(|(k, key)| {
             (
                 format!("keys[{k}]"),
@@ -157,7 +182,7 @@ fn build(cx: &mut Cx<'_>, config: &Config) -> Gateway {
         }
     }
 
-    let mut specs = Vec::with_capacity(config.routes.len());
+    let mut route_specs = Vec::with_capacity(config.routes.len());
     let mut routes = Vec::with_capacity(config.routes.len());
     for (i, r) in config.routes.iter() {
         let pattern = match Pattern::parse(&r.path.value) {
@@ -190,7 +215,7 @@ fn build(cx: &mut Cx<'_>, config: &Config) -> Gateway {
             .strip_prefix
             .unwrap_or(false)
             .then_some(pattern.segments.len());
-        specs.push(RouteSpec {
+        route_specs.push(RouteSpec {
             pattern,
             exact: r.exact.unwrap_or(false),
             methods: r.methods.clone(),
@@ -213,14 +238,25 @@ fn build(cx: &mut Cx<'_>, config: &Config) -> Gateway {
             preserve_host: r.preserve_host.unwrap_or(false),
             max_body: r.max_body.map(|b| b.0),
             timeout: r.timeout,
+            rate_limit: r.rate_limit.as_ref().map(|l| {
+                let by = l.value.by.unwrap_or(config::LimitBy::Consumer);
+                (
+                    add_limit(format!("route:{}", r.name.value), &l.value, by),
+                    by,
+                )
+            }),
         });
     }
 
+    let limit_specs = specs;
+    let limiter = Limiter::new(limit_specs, build_store(cx, config), on_store_error(config));
     Gateway {
-        router: Router::new(specs),
+        router: Router::new(route_specs),
         routes,
         upstreams,
         keys,
+        consumer_limits,
+        limiter,
         auth_header: config
             .auth
             .as_ref()
@@ -233,7 +269,7 @@ fn build(cx: &mut Cx<'_>, config: &Config) -> Gateway {
 }
 
 /// Features that parse but are not implemented yet are refused, not ignored:
-/// a rate limit or TLS listener silently not applied would be a security hole.
+/// a TLS listener or an aggregate route silently not served would mislead.
 fn reject_unimplemented(cx: &mut Cx<'_>, config: &Config) {
     let later = "is not implemented in this version of portcullis";
     // Pingora's defaults apply meanwhile; say so rather than stay silent.
@@ -262,21 +298,36 @@ fn reject_unimplemented(cx: &mut Cx<'_>, config: &Config) {
                 format!("aggregation {later}"),
             );
         }
-        if let Some(limit) = &r.rate_limit {
-            cx.error_at(
-                &format!("routes[{i}].rate_limit"),
-                limit.mark,
-                format!("rate limiting {later}"),
-            );
-        }
     }
-    for (i, c) in config.consumers.iter().flat_map(|c| c.iter()) {
-        if let Some(limit) = &c.rate_limit {
-            cx.error_at(
-                &format!("consumers[{i}].rate_limit"),
-                limit.mark,
-                format!("rate limiting {later}"),
-            );
+}
+
+/// The rate-limit store of `rate_limit:` (local when omitted).
+fn build_store(cx: &mut Cx<'_>, config: &Config) -> limit::Store {
+    let Some(conf) = &config.rate_limit else {
+        return limit::Store::Local(Default::default());
+    };
+    let kind = conf.store.as_ref().map(|s| s.value).unwrap_or_default();
+    match (kind, &conf.redis) {
+        (config::StoreKind::Redis, Some(redis)) => {
+            let prefix = redis.prefix.as_deref().unwrap_or("portcullis:");
+            let timeout = redis.timeout.unwrap_or(Duration::from_millis(50));
+            match limit::redis::RedisStore::new(&redis.url.value, prefix, timeout) {
+                Ok(store) => limit::Store::Redis(store),
+                Err(message) => {
+                    cx.error_at("rate_limit.redis.url", redis.url.mark, message);
+                    limit::Store::Local(Default::default())
+                }
+            }
         }
+        // `store: redis` without `redis:` was reported by validation.
+        _ => limit::Store::Local(Default::default()),
     }
+}
+
+fn on_store_error(config: &Config) -> config::OnStoreError {
+    config
+        .rate_limit
+        .as_ref()
+        .and_then(|r| r.on_store_error)
+        .unwrap_or_default()
 }

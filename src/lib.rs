@@ -11,6 +11,7 @@ pub mod config;
 pub mod demo;
 pub mod forward;
 pub mod gateway;
+pub mod limit;
 pub mod metrics;
 pub mod proxy;
 pub mod reply;

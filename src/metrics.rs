@@ -32,6 +32,7 @@ pub struct Families {
     pub rate_limited: IntCounterVec,
     pub upstream_errors: IntCounterVec,
     pub config_reloads: IntCounterVec,
+    pub rate_limit_store_errors: IntCounterVec,
 }
 
 fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -122,9 +123,18 @@ pub fn families() -> &'static Families {
                 "Configuration reloads, by result.",
                 &["result"],
             ),
+            rate_limit_store_errors: counter(
+                reg,
+                "portcullis_rate_limit_store_errors_total",
+                "Rate-limit decisions the store failed to make (unreachable, timed out).",
+                &["store"],
+            ),
         };
         for result in ["ok", "error"] {
             f.config_reloads.with_label_values(&[result]);
+        }
+        for store in ["local", "redis"] {
+            f.rate_limit_store_errors.with_label_values(&[store]);
         }
         f
     })

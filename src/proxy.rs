@@ -5,9 +5,10 @@
 //! rewrites the answer; `logging` records metrics and the access-log line once.
 
 use crate::access_log::{self, Entry};
-use crate::config::LogFormat;
+use crate::config::{LimitBy, LogFormat};
 use crate::forward;
 use crate::gateway::{Gateway, HeaderRules, Route, Target};
+use crate::limit::{Decision, Key, Subject, Window};
 use crate::metrics::{AuthFailure, RouteMetrics, UpstreamErrorKind};
 use crate::reply::Refusal;
 use crate::router::{host_without_port, strip_segments, Lookup};
@@ -22,13 +23,24 @@ use pingora_core::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Requests between `request_filter` and `logging`, process-wide: a graceful
 /// shutdown exits as soon as this reaches zero.
 static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// Logs a store failure at most once a second: an outage must not flood the log.
+fn warn_store_error(e: &crate::limit::StoreError) {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if LAST.swap(now, Ordering::Relaxed) != now {
+        log::warn!("{e}; applying on_store_error");
+    }
+}
 
 /// How many requests are being handled right now.
 pub fn in_flight() -> usize {
@@ -69,6 +81,8 @@ pub struct RequestCtx {
     body_bytes: u64,
     /// Whether this request was counted in `requests_in_flight` (and the drain count).
     in_flight: bool,
+    /// The rate-limit window the `ratelimit-*` headers describe.
+    rate: Option<Window>,
 }
 
 impl RequestCtx {
@@ -126,6 +140,7 @@ impl Portcullis {
         for (name, value) in refusal.extra_headers(ctx.gateway.auth_header.as_str()) {
             resp.insert_header(name, value)?;
         }
+        insert_rate_headers(&mut resp, ctx.rate)?;
         if refusal.closes_connection() || !session.is_body_empty() {
             // Unread request bytes must not be parsed as the next request.
             session.set_keepalive(None);
@@ -161,6 +176,7 @@ impl Portcullis {
             }
         });
         resp.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        insert_rate_headers(&mut resp, ctx.rate)?;
         if !session.is_body_empty() {
             session.set_keepalive(None);
         }
@@ -173,6 +189,45 @@ impl Portcullis {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Charges the request to its rate limits; `Err` is the refusal to send.
+    async fn apply_rate_limits(&self, ctx: &mut RequestCtx) -> std::result::Result<(), Refusal> {
+        let gw = ctx.gateway.clone();
+        let Some(route) = ctx.route(&gw) else {
+            return Ok(());
+        };
+        let keys = limit_keys(&gw, route, ctx.consumer, ctx.client);
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let decision = match gw.limiter.decide(&keys).await {
+            Ok(decision) => decision,
+            Err(e) => {
+                let store = gw.limiter.store_name();
+                crate::metrics::families()
+                    .rate_limit_store_errors
+                    .with_label_values(&[store])
+                    .inc();
+                warn_store_error(&e);
+                gw.limiter.on_failure()
+            }
+        };
+        match decision {
+            Decision::Allowed(window) => {
+                ctx.rate = Some(window);
+                Ok(())
+            }
+            Decision::AllowedBlind => Ok(()),
+            Decision::Limited(window) => {
+                ctx.rate = Some(window);
+                route.metrics.rate_limited.inc();
+                Err(Refusal::RateLimited {
+                    retry_after_secs: window.retry_after_secs(),
+                })
+            }
+            Decision::Unavailable => Err(Refusal::RateLimitUnavailable),
+        }
     }
 
     /// Route, key and body-size checks; `Err` is the refusal to send.
@@ -222,6 +277,46 @@ impl Portcullis {
         ctx.deadline = route.timeout.map(|t| ctx.started + t);
         Ok(())
     }
+}
+
+/// `ratelimit-limit`, `-remaining`, `-reset` for an answer on a limited route.
+fn insert_rate_headers(resp: &mut ResponseHeader, window: Option<Window>) -> Result<()> {
+    if let Some(w) = window {
+        resp.insert_header("ratelimit-limit", w.limit)?;
+        resp.insert_header("ratelimit-remaining", w.remaining)?;
+        resp.insert_header("ratelimit-reset", w.reset_secs())?;
+    }
+    Ok(())
+}
+
+/// The counters a request is charged to: its route's limit and its consumer's.
+fn limit_keys(
+    gw: &Gateway,
+    route: &Route,
+    consumer: Option<usize>,
+    client: Option<IpAddr>,
+) -> Vec<Key> {
+    let mut keys = Vec::with_capacity(2);
+    let by_ip = || client.map_or(Subject::Everyone, Subject::Ip);
+    if let Some((limit, by)) = route.rate_limit {
+        let subject = match (by, consumer) {
+            (LimitBy::Route, _) => Subject::Everyone,
+            (LimitBy::Ip, _) => by_ip(),
+            (LimitBy::Consumer, Some(id)) => Subject::Consumer(id as u32),
+            // A route without auth has no consumer: count by address instead.
+            (LimitBy::Consumer, None) => by_ip(),
+        };
+        keys.push(Key { limit, subject });
+    }
+    if let Some(id) = consumer {
+        if let Some(limit) = gw.consumer_limits.get(id).copied().flatten() {
+            keys.push(Key {
+                limit,
+                subject: Subject::Consumer(id as u32),
+            });
+        }
+    }
+    keys
 }
 
 /// How an error from Pingora is told to the client.
@@ -308,6 +403,7 @@ impl ProxyHttp for Portcullis {
             upstream_status: None,
             body_bytes: 0,
             in_flight: false,
+            rate: None,
         }
     }
 
@@ -342,6 +438,10 @@ impl ProxyHttp for Portcullis {
         ctx.in_flight = true;
         IN_FLIGHT.fetch_add(1, Ordering::AcqRel);
         if let Err(refusal) = admitted {
+            self.refuse(session, ctx, refusal).await?;
+            return Ok(true);
+        }
+        if let Err(refusal) = self.apply_rate_limits(ctx).await {
             self.refuse(session, ctx, refusal).await?;
             return Ok(true);
         }
@@ -640,6 +740,7 @@ impl ProxyHttp for Portcullis {
             }
         }
         resp.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        insert_rate_headers(resp, ctx.rate)?;
         Ok(())
     }
 

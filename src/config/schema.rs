@@ -294,7 +294,7 @@ decode_enum!(StoreKind { "local" => Local, "redis" => Redis });
 
 #[derive(Debug, Clone)]
 pub struct RedisConf {
-    pub url: String,
+    pub url: Spanned<String>,
     pub prefix: Option<String>,
     pub timeout: Option<Duration>,
 }

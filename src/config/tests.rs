@@ -1002,12 +1002,7 @@ routes:
     paths.sort_unstable();
     assert_eq!(
         paths,
-        [
-            "consumers[0].rate_limit",
-            "listen[0].tls",
-            "routes[0].rate_limit",
-            "routes[1].aggregate",
-        ],
+        ["listen[0].tls", "routes[1].aggregate"],
         "{}",
         render(&errors)
     );
