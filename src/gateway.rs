@@ -312,7 +312,7 @@ fn build_store(cx: &mut Cx<'_>, config: &Config) -> limit::Store {
             let prefix = redis.prefix.as_deref().unwrap_or("portcullis:");
             let timeout = redis.timeout.unwrap_or(Duration::from_millis(50));
             match limit::redis::RedisStore::new(&redis.url.value, prefix, timeout) {
-                Ok(store) => limit::Store::Redis(store),
+                Ok(store) => limit::Store::Redis(Box::new(store)),
                 Err(message) => {
                     cx.error_at("rate_limit.redis.url", redis.url.mark, message);
                     limit::Store::Local(Default::default())

@@ -63,7 +63,7 @@ pub struct LimitSpec {
 /// Where the counts live.
 pub enum Store {
     Local(local::LocalStore),
-    Redis(redis::RedisStore),
+    Redis(Box<redis::RedisStore>),
 }
 
 /// The store failed (unreachable, timed out, bad answer).
