@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # What a rate limit costs: wrk through Portcullis to an nginx backend on three
 # routes (no limit; a local-store limit; a Redis-store limit, each never reached)
-# and prints req/s and the ratios limited/unlimited. Bounded: 3 runs of $SECS s.
+# and prints median req/s over interleaved rounds and the ratios limited/unlimited.
+# Bounded: ROUNDS (3) x 3 runs of SECS (5) seconds.
 # Needs: nginx, redis-server, wrk (Debian packages) and a release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SECS=${SECS:-10}
+SECS=${SECS:-5}
+ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-50}
 BIN=target/release/portcullis
 [ -x "$BIN" ] || cargo build --release
@@ -56,12 +58,20 @@ redis_port=$(start_gateway redis "rate_limit: { store: redis, redis: { url: \"re
 run() { # url -> req/s
   taskset -c 1 wrk -t1 -c"$CONNS" -d"${SECS}s" -H 'x-api-key: bench-key' "$1" | awk '/Requests\/sec/ {print $2}'
 }
-free=$(run "http://127.0.0.1:$local_port/free")
-local_rps=$(run "http://127.0.0.1:$local_port/limited")
-redis_rps=$(run "http://127.0.0.1:$redis_port/limited")
+# Interleaved rounds, medians: the machine is shared and noisy.
+declare -a free_runs local_runs redis_runs
+for _ in $(seq "$ROUNDS"); do
+  free_runs+=("$(run "http://127.0.0.1:$local_port/free")")
+  local_runs+=("$(run "http://127.0.0.1:$local_port/limited")")
+  redis_runs+=("$(run "http://127.0.0.1:$redis_port/limited")")
+done
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+free=$(median "${free_runs[@]}")
+local_rps=$(median "${local_runs[@]}")
+redis_rps=$(median "${redis_runs[@]}")
 ratio() { python3 -c "print(f'{$1/$2:.3f}')"; }
 printf '%-28s %12s %8s\n' route req/s ratio
 printf '%-28s %12s %8s\n' "no limit" "$free" 1.000
 printf '%-28s %12s %8s\n' "limit, local store" "$local_rps" "$(ratio "$local_rps" "$free")"
 printf '%-28s %12s %8s\n' "limit, redis store" "$redis_rps" "$(ratio "$redis_rps" "$free")"
-echo "{\"connections\":$CONNS,\"seconds\":$SECS,\"free_rps\":$free,\"local_rps\":$local_rps,\"redis_rps\":$redis_rps,\"local_ratio\":$(ratio "$local_rps" "$free"),\"redis_ratio\":$(ratio "$redis_rps" "$free")}"
+echo "{\"connections\":$CONNS,\"seconds\":$SECS,\"rounds\":$ROUNDS,\"free_rps\":$free,\"local_rps\":$local_rps,\"redis_rps\":$redis_rps,\"local_ratio\":$(ratio "$local_rps" "$free"),\"redis_ratio\":$(ratio "$redis_rps" "$free")}"

@@ -9,109 +9,72 @@
 
 use super::{Key, Window};
 use std::collections::hash_map::DefaultHasher;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
 
-/// The admission times (ms) of the last `limit` admitted requests of one key,
-/// oldest first, in a ring.
-#[derive(Debug, Clone)]
+/// The admission times (ms) of one key's requests still inside its window,
+/// oldest first. Never longer than the limit, nor than the requests of one window.
+#[derive(Debug, Clone, Default)]
 pub struct SlidingLog {
-    times: Vec<u64>,
-    /// Index of the oldest entry once the ring is full.
-    head: usize,
+    times: VecDeque<u64>,
     /// The window of the limit that last recorded here (for forgetting idle keys).
     window: u64,
 }
 
 impl SlidingLog {
     pub fn new() -> Self {
-        SlidingLog {
-            times: Vec::new(),
-            head: 0,
-            window: 0,
-        }
+        Self::default()
     }
 
-    /// The i-th entry, oldest first.
-    fn at(&self, i: usize) -> u64 {
-        self.times[(self.head + i) % self.times.len()]
-    }
-
-    /// How many admitted requests are still inside the window ending at `now`.
-    fn in_window(&self, now: u64, window: u64) -> usize {
-        // Entries are in time order: find the first one still inside.
-        let (mut lo, mut hi) = (0, self.times.len());
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            if now.saturating_sub(self.at(mid)) >= window {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
-        self.times.len() - lo
+    /// How many entries have left the window ending at `now` (they are oldest first).
+    fn expired(&self, now: u64, window: u64) -> usize {
+        self.times
+            .partition_point(|&t| now.saturating_sub(t) >= window)
     }
 
     /// What admitting one more request at `now` would say (changes nothing).
     pub fn peek(&self, now: u64, window: u64, limit: u64) -> Window {
-        let used = self.in_window(now, window) as u64;
-        self.window(now, window, limit, used, used < limit)
+        let first = self.expired(now, window);
+        let used = (self.times.len() - first) as u64;
+        self.window(now, window, limit, first, used < limit)
     }
 
     /// Admits one request at `now`; call after [`SlidingLog::peek`] said allowed.
     pub fn record(&mut self, now: u64, window: u64, limit: u64) -> Window {
         self.window = window;
-        let limit_len = usize::try_from(limit).unwrap_or(usize::MAX);
-        if self.times.len() < limit_len {
-            self.times.push(now);
-            // A ring that is not full keeps its oldest entry at 0.
-            if self.head != 0 {
-                self.times.rotate_left(self.head);
-                self.head = 0;
-            }
-        } else if !self.times.is_empty() {
-            let oldest = self.head;
-            self.times[oldest] = now;
-            self.head = (self.head + 1) % self.times.len();
-        }
-        let used = self.in_window(now, window) as u64;
-        self.window(now, window, limit, used, true)
+        let expired = self.expired(now, window);
+        self.times.drain(..expired);
+        self.times.push_back(now);
+        self.window(now, window, limit, 0, true)
     }
 
-    fn window(&self, now: u64, window: u64, limit: u64, used: u64, allowed: bool) -> Window {
-        let n = self.times.len();
-        let first_in_window = n - (used as usize).min(n);
+    /// The window as seen from `now`, the entries before `first` having expired.
+    fn window(&self, now: u64, window: u64, limit: u64, first: usize, allowed: bool) -> Window {
+        let used = (self.times.len() - first) as u64;
         // A slot frees when the oldest request inside the window leaves it; the
         // whole quota is back when the newest does.
-        let next_free = if used == 0 || n == 0 {
-            0
-        } else {
-            (self.at(first_in_window) + window).saturating_sub(now)
-        };
-        let all_free = if used == 0 || n == 0 {
-            0
-        } else {
-            (self.at(n - 1) + window).saturating_sub(now)
-        };
+        let leaves = |t: Option<&u64>| t.map_or(0, |t| (t + window).saturating_sub(now));
         Window {
             allowed,
             limit,
             remaining: limit.saturating_sub(used),
-            reset_ms: all_free,
-            retry_after_ms: if allowed { 0 } else { next_free },
+            reset_ms: if used == 0 {
+                0
+            } else {
+                leaves(self.times.back())
+            },
+            retry_after_ms: if allowed {
+                0
+            } else {
+                leaves(self.times.get(first))
+            },
         }
     }
 
     /// Whether every request has left the window (the key can be forgotten).
     fn idle(&self, now: u64) -> bool {
-        self.times.is_empty() || self.in_window(now, self.window) == 0
-    }
-}
-
-impl Default for SlidingLog {
-    fn default() -> Self {
-        Self::new()
+        self.expired(now, self.window) == self.times.len()
     }
 }
 
@@ -166,6 +129,9 @@ impl LocalStore {
     /// Applies every check at `now` (ms) as one decision: the request is admitted
     /// (and counted) by all of them, or by none.
     pub fn check(&self, checks: &[Check], now: u64) -> Vec<Window> {
+        if let [only] = checks {
+            return vec![self.check_one(only, now)];
+        }
         // Lock the shards involved in ascending order: no two decisions deadlock.
         let mut shard_ids: Vec<usize> = checks.iter().map(|c| shard_of(&c.key)).collect();
         shard_ids.sort_unstable();
@@ -209,6 +175,30 @@ impl LocalStore {
                     .record(now, c.window_ms, c.limit)
             })
             .collect()
+    }
+
+    /// One limit: one lock, no bookkeeping (the common case).
+    fn check_one(&self, c: &Check, now: u64) -> Window {
+        let mut shard = self.shards[shard_of(&c.key)]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(log) = shard.logs.get_mut(&c.key) {
+            let w = log.peek(now, c.window_ms, c.limit);
+            return if w.allowed {
+                log.record(now, c.window_ms, c.limit)
+            } else {
+                w
+            };
+        }
+        if shard.logs.len() >= shard.sweep_at {
+            shard.logs.retain(|_, log| !log.idle(now));
+            shard.sweep_at = (shard.logs.len() * 2).max(FIRST_SWEEP);
+        }
+        shard
+            .logs
+            .entry(c.key)
+            .or_default()
+            .record(now, c.window_ms, c.limit)
     }
 
     /// How many keys are remembered (for tests).
@@ -382,6 +372,19 @@ mod tests {
             store.keys() <= FIRST_SWEEP * SHARDS + SHARDS,
             "{} keys kept",
             store.keys()
+        );
+    }
+
+    #[test]
+    fn a_log_holds_only_the_requests_of_its_window() {
+        let mut log = SlidingLog::new();
+        for t in 0..100_000u64 {
+            assert!(take(&mut log, t, 1_000, 100_000_000).allowed);
+        }
+        assert_eq!(
+            log.times.len(),
+            1_000,
+            "a generous limit must not keep old entries"
         );
     }
 }
