@@ -88,6 +88,20 @@ struct Shard {
     sweep_at: usize,
 }
 
+impl Shard {
+    /// Records an admitted request, forgetting idle keys first when it is time.
+    fn record(&mut self, c: &Check, now: u64) -> Window {
+        if self.logs.len() >= self.sweep_at {
+            self.logs.retain(|k, log| k == &c.key || !log.idle(now));
+            self.sweep_at = (self.logs.len() * 2).max(FIRST_SWEEP);
+        }
+        self.logs
+            .entry(c.key)
+            .or_default()
+            .record(now, c.window_ms, c.limit)
+    }
+}
+
 impl Default for Shard {
     fn default() -> Self {
         Shard {
@@ -162,18 +176,7 @@ impl LocalStore {
         checks
             .iter()
             .zip(&slots)
-            .map(|(c, &s)| {
-                let shard = &mut guards[s].1;
-                if shard.logs.len() >= shard.sweep_at {
-                    shard.logs.retain(|k, log| k == &c.key || !log.idle(now));
-                    shard.sweep_at = (shard.logs.len() * 2).max(FIRST_SWEEP);
-                }
-                shard
-                    .logs
-                    .entry(c.key)
-                    .or_default()
-                    .record(now, c.window_ms, c.limit)
-            })
+            .map(|(c, &s)| guards[s].1.record(c, now))
             .collect()
     }
 
@@ -190,15 +193,7 @@ impl LocalStore {
                 w
             };
         }
-        if shard.logs.len() >= shard.sweep_at {
-            shard.logs.retain(|_, log| !log.idle(now));
-            shard.sweep_at = (shard.logs.len() * 2).max(FIRST_SWEEP);
-        }
-        shard
-            .logs
-            .entry(c.key)
-            .or_default()
-            .record(now, c.window_ms, c.limit)
+        shard.record(c, now)
     }
 
     /// How many keys are remembered (for tests).
