@@ -305,7 +305,8 @@ impl ServeHttp for AdminApp {
             "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", render()),
             "/healthz" => reply(StatusCode::OK, json, b"{\"status\":\"ok\"}\n".to_vec()),
             "/readyz" if self.ready.load(Ordering::Acquire) => {
-                reply(StatusCode::OK, json, b"{\"status\":\"ready\"}\n".to_vec())
+                let body = format!("{{\"status\":\"ready\",\"pid\":{}}}\n", std::process::id());
+                reply(StatusCode::OK, json, body.into_bytes())
             }
             "/readyz" => reply(
                 StatusCode::SERVICE_UNAVAILABLE,

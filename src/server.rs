@@ -171,7 +171,7 @@ pub fn run(assembled: Assembled) {
         mut server,
         plan,
         ready,
-        ..
+        tables,
     } = assembled;
     log::info!(
         "portcullis {} listening on {} (admin {}), {} threads",
@@ -192,6 +192,7 @@ pub fn run(assembled: Assembled) {
             listen: plan.listen.iter().map(|a| dialable(*a)).collect(),
             grace: plan.shutdown_grace,
             ready,
+            tables,
         },
     ));
     server.run(pingora_core::server::RunArgs::default());
@@ -204,11 +205,13 @@ struct Lifecycle {
     listen: Vec<SocketAddr>,
     grace: Duration,
     ready: Arc<AtomicBool>,
+    tables: Arc<ArcSwap<Gateway>>,
 }
 
 #[async_trait]
 impl BackgroundService for Lifecycle {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        self.tables.load().limiter.warm_up().await;
         // `/readyz` turns ready once every proxy listener accepts connections.
         while !*shutdown.borrow() {
             let mut bound = true;

@@ -134,6 +134,16 @@ impl Limiter {
         Ok(summarise(&windows))
     }
 
+    /// Prepares the store before traffic (Redis: connect, load the script).
+    pub async fn warm_up(&self) {
+        if let Store::Redis(store) = &self.store {
+            match store.warm_up().await {
+                Ok(()) => log::info!("rate limit store: Redis ready"),
+                Err(e) => log::warn!("{e}; requests will apply on_store_error until it answers"),
+            }
+        }
+    }
+
     /// What a store failure means for the request.
     pub fn on_failure(&self) -> Decision {
         match self.on_store_error {

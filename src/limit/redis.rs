@@ -83,6 +83,19 @@ impl RedisStore {
         made.clone().map_err(StoreError)
     }
 
+    /// Connects and loads the script ahead of the first request, which would
+    /// otherwise pay for both within its timeout.
+    pub async fn warm_up(&self) -> Result<(), StoreError> {
+        let mut connection = self.connection()?;
+        let invocation = self.script.prepare_invoke();
+        let load = invocation.load_async(&mut connection);
+        match tokio::time::timeout(Duration::from_secs(2), load).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(StoreError(e.to_string())),
+            Err(_) => Err(StoreError("no answer within 2s".to_string())),
+        }
+    }
+
     fn key(&self, spec: &LimitSpec, subject: &Subject) -> String {
         match subject {
             Subject::Everyone => format!("{}{}", self.prefix, spec.name),

@@ -14,9 +14,19 @@ use std::time::{Duration, Instant};
 pub const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
 /// A port that was free a moment ago (the OS picks it; never a fixed number).
+/// Never the same one twice in this test process: tests run in parallel, and a
+/// port released here could otherwise be handed to two of them.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let port = l.local_addr().expect("local addr").port();
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A fresh temporary directory for one test.
@@ -456,11 +466,12 @@ impl Gateway {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("portcullis exited early ({status}): {}", self.stderr());
             }
+            // Ready, and this very process answering (not another test's).
             let ready = send_raw(
                 self.admin,
                 b"GET /readyz HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
             )
-            .is_ok_and(|r| r.status == 200);
+            .is_ok_and(|r| r.status == 200 && r.json()["pid"] == self.child.id());
             if ready {
                 return;
             }
