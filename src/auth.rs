@@ -76,10 +76,6 @@ impl KeyStore {
     pub fn consumer_id(&self, name: &str) -> Option<ConsumerId> {
         self.names.iter().position(|n| n == name)
     }
-
-    pub fn consumer_count(&self) -> usize {
-        self.names.len()
-    }
 }
 
 #[cfg(test)]

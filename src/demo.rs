@@ -44,16 +44,7 @@ pub struct DemoService {
 fn json_response(status: StatusCode, body: Value) -> Response<Vec<u8>> {
     let mut bytes = body.to_string().into_bytes();
     bytes.push(b'\n');
-    let mut resp = Response::new(bytes);
-    *resp.status_mut() = status;
-    let len = resp.body().len();
-    let headers = resp.headers_mut();
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    headers.insert(http::header::CONTENT_LENGTH, len.into());
-    resp
+    crate::metrics::reply(status, "application/json", bytes)
 }
 
 fn user(id: u64) -> Option<Value> {

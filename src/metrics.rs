@@ -285,7 +285,8 @@ pub struct AdminApp {
     pub ready: Arc<AtomicBool>,
 }
 
-fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+/// A whole small answer for a `ServeHttp` app (admin, demo): status, type, length.
+pub fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
     let len = resp.body().len();

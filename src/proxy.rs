@@ -115,13 +115,15 @@ fn request_host(req: &RequestHeader) -> Option<&str> {
         .map(host_without_port)
 }
 
-fn apply_rules<F: FnMut(&HeaderName, Option<&HeaderValue>)>(rules: &HeaderRules, mut apply: F) {
+/// A route's `response_headers`: remove, then set.
+fn apply_response_rules(rules: &HeaderRules, resp: &mut ResponseHeader) -> Result<()> {
     for name in &rules.remove {
-        apply(name, None);
+        resp.remove_header(name);
     }
     for (name, value) in &rules.set {
-        apply(name, Some(value));
+        resp.insert_header(name.clone(), value.clone())?;
     }
+    Ok(())
 }
 
 impl Portcullis {
@@ -167,14 +169,7 @@ impl Portcullis {
         for (name, value) in headers {
             resp.insert_header(name.clone(), value.clone())?;
         }
-        apply_rules(&route.response_headers, |name, value| match value {
-            Some(v) => {
-                let _ = resp.insert_header(name.clone(), v.clone());
-            }
-            None => {
-                resp.remove_header(name);
-            }
-        });
+        apply_response_rules(&route.response_headers, &mut resp)?;
         resp.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
         insert_rate_headers(&mut resp, ctx.rate)?;
         if !session.is_body_empty() {
@@ -732,12 +727,7 @@ impl ProxyHttp for Portcullis {
             }
         }
         if let Some(route) = ctx.route(&ctx.gateway) {
-            for name in &route.response_headers.remove {
-                resp.remove_header(name);
-            }
-            for (name, value) in &route.response_headers.set {
-                resp.insert_header(name.clone(), value.clone())?;
-            }
+            apply_response_rules(&route.response_headers, resp)?;
         }
         resp.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
         insert_rate_headers(resp, ctx.rate)?;

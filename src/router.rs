@@ -58,13 +58,6 @@ impl Pattern {
         self.segments.iter().any(|s| matches!(s, Segment::Param(_)))
     }
 
-    pub fn param_names(&self) -> impl Iterator<Item = &str> {
-        self.segments.iter().filter_map(|s| match s {
-            Segment::Param(n) => Some(n.as_str()),
-            Segment::Literal(_) => None,
-        })
-    }
-
     fn literal_count(&self) -> usize {
         self.segments
             .iter()
@@ -151,14 +144,6 @@ impl Router {
             });
         }
         Router { root, specs, ranks }
-    }
-
-    pub fn len(&self) -> usize {
-        self.specs.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.specs.is_empty()
     }
 
     /// Finds the route for a request. `path` is without the query string; `host`

@@ -256,10 +256,6 @@ impl<'n> Fields<'n> {
             .find(|(k, _)| k.scalar_text() == Some(key))
             .map(|(_, v)| v)
     }
-
-    pub fn mark(&self) -> Mark {
-        self.node.mark
-    }
 }
 
 /// How a config type is read from a YAML node.
