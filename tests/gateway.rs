@@ -79,11 +79,8 @@ fn a_client_cannot_forge_the_secret_or_the_forwarding_headers() {
 #[test]
 fn trusted_proxies_extend_x_forwarded_for() {
     let backend = Backend::echo();
-    let config = format!(
-        "{}trusted_proxies: [127.0.0.0/8]\nupstreams:\n  u:\n    peers: [\"{}\"]\nroutes:\n  - name: r\n    path: /\n    auth: none\n    upstream: u\n",
-        config_head(),
-        backend.addr
-    );
+    let config =
+        one_route_config(&[backend.addr], "", "auth: none") + "trusted_proxies: [127.0.0.0/8]\n";
     let gw = Gateway::start(&config);
     gw.get("/", &[("x-forwarded-for", "203.0.113.7")]);
     assert_eq!(
@@ -177,11 +174,7 @@ fn auth_answers_401_and_403_as_the_spec_says() {
 #[test]
 fn a_custom_auth_header_is_used_and_stripped() {
     let backend = Backend::echo();
-    let config = format!(
-        "{}auth:\n  header: X-Token\nupstreams:\n  u:\n    peers: [\"{}\"]\nroutes:\n  - name: r\n    path: /\n    upstream: u\n",
-        config_head(),
-        backend.addr
-    );
+    let config = one_route_config(&[backend.addr], "", "") + "auth:\n  header: X-Token\n";
     let gw = Gateway::start(&config);
     let missing = gw.get("/", &[("x-api-key", KEY)]);
     assert_eq!(missing.status, 401);
@@ -752,11 +745,8 @@ fn informational_answers_are_passed_over_by_the_upstream_timing() {
 #[test]
 fn every_x_forwarded_for_line_of_a_trusted_proxy_counts() {
     let backend = Backend::echo();
-    let config = format!(
-        "{}trusted_proxies: [127.0.0.0/8]\nupstreams:\n  u:\n    peers: [\"{}\"]\nroutes:\n  - {{ name: r, path: /, upstream: u, auth: none }}\n",
-        config_head(),
-        backend.addr
-    );
+    let config =
+        one_route_config(&[backend.addr], "", "auth: none") + "trusted_proxies: [127.0.0.0/8]\n";
     let gw = Gateway::start(&config);
     let raw = b"GET / HTTP/1.1\r\nhost: a\r\nx-forwarded-for: 6.6.6.6\r\nx-forwarded-for: 198.51.100.7\r\nconnection: close\r\n\r\n";
     assert_eq!(send_raw(gw.addr, raw).expect("response").status, 200);
@@ -788,14 +778,10 @@ fn content_length_with_transfer_encoding_is_refused_and_closed() {
 
 #[test]
 fn debug_logging_never_prints_the_key_or_the_secret() {
-    let (gw, _backend) = users_gateway("");
-    drop(gw);
     let backend = Backend::echo();
-    let config = format!(
-        "{}log: {{ level: trace, format: text }}\nupstreams:\n  u:\n    peers: [\"{}\"]\n    headers: {{ x-gateway-secret: \"{SECRET}\" }}\nroutes:\n  - {{ name: r, path: /, upstream: u }}\n",
-        config_head(),
-        backend.addr
-    );
+    let secret = format!("    headers: {{ x-gateway-secret: \"{SECRET}\" }}\n");
+    let config =
+        one_route_config(&[backend.addr], &secret, "") + "log: { level: trace, format: text }\n";
     let gw = Gateway::start(&config);
     assert_eq!(
         gw.get("/?q=query-secret", &[("x-api-key", KEY)]).status,

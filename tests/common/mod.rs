@@ -561,8 +561,13 @@ pub fn config_head() -> String {
 /// flow-mapping fields are extended by `route_extra` (e.g. "auth: none").
 pub fn one_route_config(peers: &[SocketAddr], upstream_extra: &str, route_extra: &str) -> String {
     let peers: Vec<String> = peers.iter().map(|p| format!("\"{p}\"")).collect();
+    let route_extra = if route_extra.is_empty() {
+        String::new()
+    } else {
+        format!(", {route_extra}")
+    };
     format!(
-        "{}upstreams:\n  u:\n    peers: [{}]\n{upstream_extra}routes:\n  - {{ name: r, path: /, upstream: u, {route_extra} }}\n",
+        "{}upstreams:\n  u:\n    peers: [{}]\n{upstream_extra}routes:\n  - {{ name: r, path: /, upstream: u{route_extra} }}\n",
         config_head(),
         peers.join(", ")
     )
