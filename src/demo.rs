@@ -190,6 +190,7 @@ pub fn run(listen: SocketAddr, admin: SocketAddr) -> Result<(), String> {
 Try:
   curl -i {gw}/users/1 -H 'x-api-key: {DEMO_API_KEY}'
   curl -i '{gw}/orders?user_id=1' -H 'x-api-key: {DEMO_API_KEY}'
+  curl -s {gw}/overview/users/1 -H 'x-api-key: {DEMO_API_KEY}'   # users + orders in one call
   curl -i {gw}/users/1                                  # 401 missing_api_key
   curl -i {gw}/users/1 -H 'x-api-key: wrong'            # 401 invalid_api_key
   curl -i http://{users}/users/1                        # 403: the backend wants the gateway secret

@@ -1,11 +1,12 @@
 //! The gateway's tables, compiled from a checked config: immutable, shared by
 //! every request through an `Arc`, and swapped whole on reload.
 
+use crate::aggregate::{self, Aggregate, Part, PartTemplate};
 use crate::auth::{hash_key, parse_key_hash, ConsumerId, KeyStore};
 use crate::config::{self, Config, ConfigErrors, Cx};
 use crate::limit::{self, LimitSpec, Limiter};
 use crate::metrics::{RouteMetrics, UpstreamMetrics};
-use crate::router::{Lookup, Pattern, RouteSpec, Router};
+use crate::router::{Lookup, Pattern, RouteSpec, Router, Segment};
 use crate::upstream::Upstream;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method};
@@ -38,6 +39,8 @@ pub enum Target {
         upstream: usize,
         metrics: UpstreamMetrics,
     },
+    /// Fanned out to several upstreams, the answers merged.
+    Aggregate(Aggregate),
     /// Answered by the gateway itself.
     Respond {
         status: u16,
@@ -208,17 +211,30 @@ fn build(cx: &mut Cx<'_>, config: &Config) -> Gateway {
                 upstream,
                 metrics: metrics.upstream(&name.value),
             }
+        } else if let Some(parts) = &r.aggregate {
+            match build_aggregate(cx, i, r, &pattern, &parts.value, &upstream_index, &metrics) {
+                Some(aggregate) => Target::Aggregate(aggregate),
+                None => continue,
+            }
         } else {
-            continue; // aggregate: reported by reject_unimplemented
+            continue; // no target: reported by validation
         };
         let strip_segments = r
             .strip_prefix
-            .unwrap_or(false)
+            .as_ref()
+            .is_some_and(|s| s.value)
             .then_some(pattern.segments.len());
+        // Aggregate parts are fetched with GET: other methods get 405.
+        let default_methods =
+            matches!(target, Target::Aggregate(_)).then(|| vec![Method::GET, Method::HEAD]);
         route_specs.push(RouteSpec {
             pattern,
             exact: r.exact.unwrap_or(false),
-            methods: r.methods.clone(),
+            methods: r
+                .methods
+                .as_ref()
+                .map(|m| m.value.clone())
+                .or(default_methods),
             host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
         });
         routes.push(Route {
@@ -268,8 +284,65 @@ fn build(cx: &mut Cx<'_>, config: &Config) -> Gateway {
     }
 }
 
+/// An aggregate route's parts: each part's upstream and path template, whose
+/// `{param}`s must be the route path's own.
+fn build_aggregate(
+    cx: &mut Cx<'_>,
+    i: usize,
+    r: &config::Route,
+    pattern: &Pattern,
+    parts: &config::Table<config::AggregatePart>,
+    upstream_index: &[String],
+    metrics: &RouteMetrics,
+) -> Option<Aggregate> {
+    let params: Vec<&str> = pattern
+        .segments
+        .iter()
+        .filter_map(|s| match s {
+            Segment::Param(name) => Some(name.as_str()),
+            Segment::Literal(_) => None,
+        })
+        .collect();
+    let mut built = Vec::new();
+    let mut upstream_names: Vec<&str> = Vec::new();
+    for (name, part) in parts.iter() {
+        let template = PartTemplate::parse(&part.path.value, &params);
+        let template = match template {
+            Ok(t) => t,
+            Err(message) => {
+                let field = format!("routes[{i}].aggregate.{name}.path");
+                cx.error_at(&field, part.path.mark, message);
+                continue;
+            }
+        };
+        let upstream_name = part.upstream.value.as_str();
+        let Some(upstream) = upstream_index.iter().position(|n| n == upstream_name) else {
+            continue; // unknown or unbuildable: already reported
+        };
+        if !upstream_names.contains(&upstream_name) {
+            upstream_names.push(upstream_name);
+        }
+        built.push(Part {
+            name: name.to_string(),
+            upstream,
+            template,
+            metrics: metrics.upstream(upstream_name),
+        });
+    }
+    (built.len() == parts.0.len()).then(|| Aggregate {
+        parts: built,
+        max_part_body: r
+            .max_part_body
+            .as_ref()
+            .map_or(aggregate::DEFAULT_MAX_PART_BODY, |b| {
+                usize::try_from(b.value.0).unwrap_or(usize::MAX)
+            }),
+        upstreams_label: upstream_names.join(","),
+    })
+}
+
 /// Features that parse but are not implemented yet are refused, not ignored:
-/// a TLS listener or an aggregate route silently not served would mislead.
+/// a TLS listener silently not served would mislead.
 fn reject_unimplemented(cx: &mut Cx<'_>, config: &Config) {
     let later = "is not implemented in this version of portcullis";
     // Pingora's defaults apply meanwhile; say so rather than stay silent.
@@ -287,15 +360,6 @@ fn reject_unimplemented(cx: &mut Cx<'_>, config: &Config) {
                 &format!("listen[{i}].tls"),
                 tls.mark,
                 format!("TLS listening {later}"),
-            );
-        }
-    }
-    for (i, r) in config.routes.iter() {
-        if let Some(parts) = &r.aggregate {
-            cx.error_at(
-                &format!("routes[{i}].aggregate"),
-                parts.mark,
-                format!("aggregation {later}"),
             );
         }
     }

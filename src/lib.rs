@@ -6,6 +6,7 @@
 //! forward, reply) holds no Pingora types.
 
 pub mod access_log;
+pub mod aggregate;
 pub mod auth;
 pub mod config;
 pub mod demo;

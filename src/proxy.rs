@@ -5,6 +5,7 @@
 //! rewrites the answer; `logging` records metrics and the access-log line once.
 
 use crate::access_log::{self, Entry};
+use crate::aggregate::{self, Aggregate, FanOut, FanOutRequest};
 use crate::config::{LimitBy, LogFormat};
 use crate::forward;
 use crate::gateway::{Gateway, HeaderRules, Route, Target};
@@ -12,7 +13,7 @@ use crate::limit::{Decision, Key, Subject, Window};
 use crate::metrics::{AuthFailure, RouteMetrics, UpstreamErrorKind};
 use crate::reply::Refusal;
 use crate::router::{host_without_port, strip_segments, Lookup};
-use crate::upstream::NoPeer;
+use crate::upstream::{NoPeer, Upstream};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -58,6 +59,8 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 pub struct Portcullis {
     pub tables: Arc<ArcSwap<Gateway>>,
     pub log_format: LogFormat,
+    /// Fetches aggregate routes' parts over its own pooled connections.
+    pub fan_out: FanOut,
 }
 
 /// What earlier phases decided, for the later ones.
@@ -99,7 +102,7 @@ impl RequestCtx {
     fn upstream_index(&self) -> Option<usize> {
         match self.route(&self.gateway)?.target {
             Target::Upstream { upstream, .. } => Some(upstream),
-            Target::Respond { .. } => None,
+            Target::Aggregate(_) | Target::Respond { .. } => None,
         }
     }
 }
@@ -184,6 +187,64 @@ impl Portcullis {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Answers an aggregate route: every part fetched at once, the JSON merged;
+    /// 502 only when every part failed.
+    async fn answer_aggregate(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: &Route,
+        aggregate: &Aggregate,
+    ) -> Result<()> {
+        let gw = ctx.gateway.clone();
+        let req = session.req_header();
+        let Some(route_index) = ctx.route else {
+            return self.refuse(session, ctx, Refusal::Internal).await;
+        };
+        let values: Vec<&str> = gw
+            .router
+            .params(route_index, req.uri.path())
+            .into_iter()
+            .map(|(_, value)| value)
+            .collect();
+        let targets: std::result::Result<Vec<String>, _> = aggregate
+            .parts
+            .iter()
+            .map(|part| part.template.render(&values))
+            .collect();
+        let Ok(targets) = targets else {
+            return self.refuse(session, ctx, Refusal::BadRequest).await;
+        };
+        let base = part_request_base(req);
+        let (key, len) = hash_key(ctx.client);
+        let started = Instant::now();
+        let outcomes = {
+            let ctx: &RequestCtx = ctx;
+            let prepare = |req: &mut RequestHeader, upstream: &Upstream, peer: usize| {
+                rewrite_upstream_request(req, ctx, route, upstream, peer)
+            };
+            let request = FanOutRequest {
+                base: &base,
+                prepare: &prepare,
+                hash_key: &key[..len],
+                deadline: ctx.deadline,
+            };
+            self.fan_out
+                .fetch_all(&gw.upstreams, aggregate, &targets, &request)
+                .await
+        };
+        ctx.upstream_elapsed = Some(started.elapsed());
+        let names = aggregate.parts.iter().map(|part| part.name.as_str());
+        match aggregate::merge(names.zip(&outcomes)) {
+            Some(body) => {
+                let json = [(CONTENT_TYPE, HeaderValue::from_static("application/json"))];
+                self.respond(session, ctx, route, 200, &Bytes::from(body), &json)
+                    .await
+            }
+            None => self.refuse(session, ctx, Refusal::BadGateway).await,
+        }
     }
 
     /// Charges the request to its rate limits; `Err` is the refusal to send.
@@ -363,6 +424,89 @@ fn upstream_error_kind(e: &Error) -> UpstreamErrorKind {
     }
 }
 
+/// The client's request as every aggregate part's starting point: GET over
+/// HTTP/1.1, asking for JSON, without the body's framing or the conditional and
+/// range headers that could make an answer partial or empty.
+fn part_request_base(client: &RequestHeader) -> RequestHeader {
+    use http::header::{
+        ACCEPT, ACCEPT_ENCODING, EXPECT, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE,
+        IF_UNMODIFIED_SINCE, RANGE, TRANSFER_ENCODING,
+    };
+    let mut base = client.clone();
+    base.set_method(http::Method::GET);
+    base.set_version(http::Version::HTTP_11);
+    for name in [
+        CONTENT_LENGTH,
+        TRANSFER_ENCODING,
+        EXPECT,
+        ACCEPT_ENCODING,
+        RANGE,
+        IF_RANGE,
+        IF_MATCH,
+        IF_NONE_MATCH,
+        IF_MODIFIED_SINCE,
+        IF_UNMODIFIED_SINCE,
+    ] {
+        base.remove_header(&name);
+    }
+    // Infallible: a static, valid header value.
+    let _ = base.insert_header(ACCEPT, "application/json");
+    base
+}
+
+/// The headers an upstream gets (SPEC §4): the client's key and hop-by-hop
+/// headers removed, the upstream's and route's headers set, `x-forwarded-*`,
+/// `x-request-id` and `host`. Shared by proxied requests and aggregate parts.
+fn rewrite_upstream_request(
+    req: &mut RequestHeader,
+    ctx: &RequestCtx,
+    route: &Route,
+    upstream: &Upstream,
+    peer: usize,
+) -> Result<()> {
+    let gw = &ctx.gateway;
+    req.remove_header(&gw.auth_header);
+    let is_upgrade = req.headers.contains_key(http::header::UPGRADE);
+    let listed: Vec<String> = req
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(forward::connection_listed)
+        .map(str::to_ascii_lowercase)
+        .collect();
+    for name in listed.iter().map(String::as_str).chain(forward::HOP_BY_HOP) {
+        if !(is_upgrade && name == "upgrade") {
+            req.remove_header(name);
+        }
+    }
+    if is_upgrade {
+        req.insert_header(http::header::CONNECTION, "upgrade")?;
+    }
+
+    let original_host = req.headers.get(HOST).cloned();
+    for name in &route.request_headers.remove {
+        req.remove_header(name);
+    }
+    for (name, value) in upstream.headers.iter().chain(&route.request_headers.set) {
+        req.insert_header(name.clone(), value.clone())?;
+    }
+    req.insert_header(X_FORWARDED_FOR, ctx.forwarded_for.as_str())?;
+    req.insert_header(X_FORWARDED_PROTO, "http")?;
+    if let Some(host) = &original_host {
+        req.insert_header(X_FORWARDED_HOST, host.clone())?;
+    }
+    req.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+    if !route.preserve_host {
+        if upstream.tls && !upstream.sni.is_empty() {
+            req.insert_header(HOST, upstream.sni.as_str())?;
+        } else {
+            req.insert_header(HOST, upstream.peers[peer].host.clone())?;
+        }
+    }
+    Ok(())
+}
+
 /// Consistent-hash key: the client address's bytes.
 fn hash_key(client: Option<IpAddr>) -> ([u8; 16], usize) {
     let mut key = [0u8; 16];
@@ -444,17 +588,23 @@ impl ProxyHttp for Portcullis {
         let Some(route) = ctx.route(&gateway) else {
             return Ok(false);
         };
-        if let Target::Respond {
-            status,
-            body,
-            headers,
-        } = &route.target
-        {
-            self.respond(session, ctx, route, *status, body, headers)
-                .await?;
-            return Ok(true);
+        match &route.target {
+            Target::Upstream { .. } => Ok(false),
+            Target::Respond {
+                status,
+                body,
+                headers,
+            } => {
+                self.respond(session, ctx, route, *status, body, headers)
+                    .await?;
+                Ok(true)
+            }
+            Target::Aggregate(aggregate) => {
+                self.answer_aggregate(session, ctx, route, aggregate)
+                    .await?;
+                Ok(true)
+            }
         }
-        Ok(false)
     }
 
     async fn upstream_peer(
@@ -602,48 +752,14 @@ impl ProxyHttp for Portcullis {
         else {
             return Ok(());
         };
-        let upstream = &gw.upstreams[upstream_index];
+        rewrite_upstream_request(
+            upstream_request,
+            ctx,
+            route,
+            &gw.upstreams[upstream_index],
+            peer,
+        )?;
         let req = upstream_request;
-
-        req.remove_header(&gw.auth_header);
-        let is_upgrade = req.headers.contains_key(http::header::UPGRADE);
-        let listed: Vec<String> = req
-            .headers
-            .get_all(http::header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(forward::connection_listed)
-            .map(str::to_ascii_lowercase)
-            .collect();
-        for name in listed.iter().map(String::as_str).chain(forward::HOP_BY_HOP) {
-            if !(is_upgrade && name == "upgrade") {
-                req.remove_header(name);
-            }
-        }
-        if is_upgrade {
-            req.insert_header(http::header::CONNECTION, "upgrade")?;
-        }
-
-        let original_host = req.headers.get(HOST).cloned();
-        for name in &route.request_headers.remove {
-            req.remove_header(name);
-        }
-        for (name, value) in upstream.headers.iter().chain(&route.request_headers.set) {
-            req.insert_header(name.clone(), value.clone())?;
-        }
-        req.insert_header(X_FORWARDED_FOR, ctx.forwarded_for.as_str())?;
-        req.insert_header(X_FORWARDED_PROTO, "http")?;
-        if let Some(host) = &original_host {
-            req.insert_header(X_FORWARDED_HOST, host.clone())?;
-        }
-        req.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
-        if !route.preserve_host {
-            if upstream.tls && !upstream.sni.is_empty() {
-                req.insert_header(HOST, upstream.sni.as_str())?;
-            } else {
-                req.insert_header(HOST, upstream.peers[peer].host.clone())?;
-            }
-        }
         if let Some(n) = route.strip_segments {
             let path = strip_segments(session.req_header().uri.path(), n);
             let uri = match session.req_header().uri.query() {
@@ -798,6 +914,12 @@ impl ProxyHttp for Portcullis {
         metrics.response_bytes.inc_by(bytes_out);
 
         let upstream = ctx.upstream_index().map(|i| &gw.upstreams[i]);
+        let upstream_name = match ctx.route(&gw).map(|r| &r.target) {
+            Some(Target::Aggregate(a)) => ctx.upstream_elapsed.map(|_| a.upstreams_label.as_str()),
+            _ => upstream
+                .filter(|_| !ctx.tried.is_empty())
+                .map(|u| u.name.as_str()),
+        };
         if let (Some(upstream), Some(peer)) = (upstream, ctx.peer) {
             upstream.release(peer);
         }
@@ -809,9 +931,7 @@ impl ProxyHttp for Portcullis {
             route: &metrics.route,
             consumer: ctx.consumer.map(|c| gw.keys.consumer_name(c)),
             status,
-            upstream: upstream
-                .filter(|_| !ctx.tried.is_empty())
-                .map(|u| u.name.as_str()),
+            upstream: upstream_name,
             peer: upstream
                 .zip(ctx.tried.last())
                 .map(|(u, &p)| u.peers[p].label.as_str()),

@@ -3,12 +3,14 @@
 //! graceful drain on SIGTERM.
 
 use crate::access_log;
+use crate::aggregate::FanOut;
 use crate::config::{Config, LogFormat, LogLevel};
 use crate::gateway::Gateway;
 use crate::metrics::AdminApp;
 use crate::proxy::{self, Portcullis};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use pingora_core::connectors::ConnectorOptions;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
@@ -136,6 +138,7 @@ pub fn assemble(plan: Plan, gateway: Gateway, flags: ProcessFlags) -> Assembled 
     let portcullis = Portcullis {
         tables: tables.clone(),
         log_format: plan.log_format,
+        fan_out: FanOut::new(ConnectorOptions::from_server_conf(&server.configuration)),
     };
     let mut proxy_service = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,

@@ -647,6 +647,10 @@ fn the_demo_serves_users_and_orders_behind_the_gateway() {
     assert_eq!(user.json()["name"], "Ada Lovelace");
     let orders = get(addr, "/orders?user_id=1", &[key]);
     assert_eq!(orders.json().as_array().map(Vec::len), Some(2));
+    let overview = get(addr, "/overview/users/1", &[key]);
+    assert_eq!(overview.status, 200, "{}", overview.text());
+    assert_eq!(overview.json()["user"]["name"], "Ada Lovelace");
+    assert_eq!(overview.json()["orders"].as_array().map(Vec::len), Some(2));
     assert_eq!(get(addr, "/users/1", &[]).status, 401);
 
     let printed = std::fs::read_to_string(dir.join("out")).expect("stdout");

@@ -13,6 +13,7 @@ pub use schema::*;
 pub use types::HeaderList;
 
 use decode::Decode;
+use http::Method;
 use std::collections::HashSet;
 use std::path::Path;
 
@@ -201,6 +202,15 @@ fn validate(cx: &mut Cx<'_>, config: &Config) {
         if let Some(limit) = &route.rate_limit {
             check_rate_limit(cx, &format!("{path}.rate_limit"), &limit.value);
         }
+        if route.aggregate.is_some() {
+            check_aggregate_route(cx, &path, route);
+        } else if let Some(max) = &route.max_part_body {
+            cx.error_at(
+                &format!("{path}.max_part_body"),
+                max.mark,
+                "`max_part_body` applies to `aggregate` routes only",
+            );
+        }
         if let Some(respond) = &route.respond {
             let bodiless = matches!(respond.status.value, 100..=199 | 204 | 304);
             if bodiless && respond.body.as_ref().is_some_and(|b| !b.is_empty()) {
@@ -278,3 +288,36 @@ fn check_rate_limit(cx: &mut Cx<'_>, path: &str, limit: &RateLimit) {
 }
 #[cfg(test)]
 mod tests;
+
+/// What an aggregate route cannot take: methods with a body to send (its parts
+/// are fetched with GET, and one body cannot go to several upstreams), and
+/// `strip_prefix` (each part names its own path).
+fn check_aggregate_route(cx: &mut Cx<'_>, path: &str, route: &Route) {
+    if let Some(parts) = route.aggregate.as_ref().filter(|p| p.value.0.is_empty()) {
+        cx.error_at(
+            &format!("{path}.aggregate"),
+            parts.mark,
+            "an aggregate route needs at least one part",
+        );
+    }
+    if let Some(methods) = &route.methods {
+        if let Some(m) = methods
+            .value
+            .iter()
+            .find(|m| **m != Method::GET && **m != Method::HEAD)
+        {
+            cx.error_at(
+                &format!("{path}.methods"),
+                methods.mark,
+                format!("an aggregate route answers GET and HEAD only, found {m}"),
+            );
+        }
+    }
+    if let Some(strip) = route.strip_prefix.as_ref().filter(|s| s.value) {
+        cx.error_at(
+            &format!("{path}.strip_prefix"),
+            strip.mark,
+            "`strip_prefix` does not apply to an aggregate route: each part names its path",
+        );
+    }
+}

@@ -200,7 +200,7 @@ decode_struct!(HealthCheck { path, interval });
 pub struct Route {
     pub name: Spanned<String>,
     pub path: Spanned<String>,
-    pub methods: Option<Vec<Method>>,
+    pub methods: Option<Spanned<Vec<Method>>>,
     pub host: Option<String>,
     pub exact: Option<bool>,
     pub upstream: Option<Spanned<String>>,
@@ -209,13 +209,13 @@ pub struct Route {
     pub rate_limit: Option<Spanned<RateLimit>>,
     pub request_headers: Option<HeaderRules>,
     pub response_headers: Option<HeaderRules>,
-    pub strip_prefix: Option<bool>,
+    pub strip_prefix: Option<Spanned<bool>>,
     pub preserve_host: Option<bool>,
     pub max_body: Option<ByteSize>,
     pub timeout: Option<Duration>,
     pub respond: Option<Respond>,
     pub aggregate: Option<Spanned<Table<AggregatePart>>>,
-    pub max_part_body: Option<ByteSize>,
+    pub max_part_body: Option<Spanned<ByteSize>>,
 }
 decode_struct!(Route {
     name,
@@ -268,7 +268,7 @@ decode_struct!(Respond {
 #[derive(Debug, Clone)]
 pub struct AggregatePart {
     pub upstream: Spanned<String>,
-    pub path: String,
+    pub path: Spanned<String>,
 }
 decode_struct!(AggregatePart { upstream, path });
 

@@ -992,20 +992,11 @@ routes:
     path: /users
     upstream: users
     rate_limit: { requests: 10, per: 1s, by: consumer }
-  - name: overview
-    path: /overview/{id}
-    aggregate:
-      user: { upstream: users, path: \"/users/{id}\" }
 ";
     let errors = compile_errors(src);
     let mut paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
     paths.sort_unstable();
-    assert_eq!(
-        paths,
-        ["listen[0].tls", "routes[1].aggregate"],
-        "{}",
-        render(&errors)
-    );
+    assert_eq!(paths, ["listen[0].tls"], "{}", render(&errors));
     for e in &errors {
         assert!(e.message.contains("is not implemented"), "{e}");
     }
@@ -1138,4 +1129,115 @@ fn the_full_example_loads_and_compiles() {
         gateway.route(&Method::GET, "/usersX", host),
         Lookup::NotFound
     ));
+}
+
+const AGGREGATE_HEAD: &str = "\
+listen:
+  - addr: 127.0.0.1:8000
+upstreams:
+  users: { peers: [\"127.0.0.1:8001\"] }
+  orders: { peers: [\"127.0.0.1:8002\"] }
+routes:
+";
+
+#[test]
+fn aggregate_routes_compile_with_get_and_head_by_default() {
+    let src = format!(
+        "{AGGREGATE_HEAD}  - name: overview
+    path: /overview/users/{{id}}
+    max_part_body: 64KiB
+    aggregate:
+      user: {{ upstream: users, path: \"/users/{{id}}\" }}
+      orders: {{ upstream: orders, path: \"/orders?user_id={{id}}\" }}
+"
+    );
+    let gw = Gateway::compile(&load(&src), FILE).expect("compiles");
+    assert!(matches!(
+        gw.route(&Method::GET, "/overview/users/1", None),
+        Lookup::Found(0)
+    ));
+    assert!(matches!(
+        gw.route(&Method::HEAD, "/overview/users/1", None),
+        Lookup::Found(0)
+    ));
+    match gw.route(&Method::POST, "/overview/users/1", None) {
+        Lookup::MethodNotAllowed(allow) => assert_eq!(allow, [Method::GET, Method::HEAD]),
+        _ => panic!("POST should get 405"),
+    }
+    let crate::gateway::Target::Aggregate(agg) = &gw.routes[0].target else {
+        panic!("an aggregate target");
+    };
+    assert_eq!(agg.max_part_body, 64 * 1024);
+    assert_eq!(agg.upstreams_label, "users,orders");
+    let names: Vec<&str> = agg.parts.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["user", "orders"]);
+}
+
+#[test]
+fn aggregate_part_params_must_be_the_routes() {
+    let src = format!(
+        "{AGGREGATE_HEAD}  - name: overview
+    path: /overview/users/{{id}}
+    aggregate:
+      user: {{ upstream: users, path: \"/users/{{uid}}\" }}
+"
+    );
+    let errors = compile_errors(&src);
+    assert_error(
+        single(&errors),
+        10,
+        38,
+        "routes[0].aggregate.user.path",
+        "`{uid}` is not a parameter of the route's path",
+    );
+}
+
+#[test]
+fn aggregate_routes_refuse_body_methods_strip_prefix_and_no_parts() {
+    let src = format!(
+        "{AGGREGATE_HEAD}  - name: overview
+    path: /overview/users/{{id}}
+    methods: [GET, POST]
+    strip_prefix: true
+    aggregate:
+      user: {{ upstream: users, path: \"/users/{{id}}\" }}
+  - name: empty
+    path: /empty
+    aggregate: {{}}
+  - name: plain
+    path: /users
+    upstream: users
+    max_part_body: 1KiB
+"
+    );
+    let errors = load_errors(&src);
+    assert_eq!(errors.len(), 4, "{}", render(&errors));
+    assert_error(
+        &errors[0],
+        9,
+        14,
+        "routes[0].methods",
+        "an aggregate route answers GET and HEAD only, found POST",
+    );
+    assert_error(
+        &errors[1],
+        10,
+        19,
+        "routes[0].strip_prefix",
+        "does not apply to an aggregate route",
+    );
+    assert_error(
+        &errors[2],
+        15,
+        16,
+        "routes[1].aggregate",
+        "needs at least one part",
+    );
+    assert_error(
+        &errors[3],
+        19,
+        20,
+        "routes[2].max_part_body",
+        "applies to `aggregate` routes only",
+    );
 }

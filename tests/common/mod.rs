@@ -377,7 +377,7 @@ pub fn request(
     raw.push_str("connection: close\r\n\r\n");
     let mut bytes = raw.into_bytes();
     bytes.extend_from_slice(body);
-    send_raw(addr, &bytes).unwrap_or_else(|e| panic!("{method} {target}: {e}"))
+    exchange(addr, &bytes, method == "HEAD").unwrap_or_else(|e| panic!("{method} {target}: {e}"))
 }
 
 pub fn get(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -> Response {
@@ -386,6 +386,12 @@ pub fn get(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -> Response
 
 /// Writes raw bytes and parses one response.
 pub fn send_raw(addr: SocketAddr, bytes: &[u8]) -> std::io::Result<Response> {
+    exchange(addr, bytes, false)
+}
+
+/// Writes raw bytes and parses one response; after a HEAD (`head_only`) any
+/// bytes up to the close are the "body", which must then be empty.
+fn exchange(addr: SocketAddr, bytes: &[u8], head_only: bool) -> std::io::Result<Response> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     stream.write_all(bytes)?;
@@ -403,7 +409,13 @@ pub fn send_raw(addr: SocketAddr, bytes: &[u8]) -> std::io::Result<Response> {
             break (status, headers);
         }
     };
-    let body = read_body(&mut reader, &headers, true).ok_or_else(bad)?;
+    let body = if head_only {
+        let mut rest = Vec::new();
+        reader.read_to_end(&mut rest)?;
+        rest
+    } else {
+        read_body(&mut reader, &headers, true).ok_or_else(bad)?
+    };
     Ok(Response {
         status,
         headers,

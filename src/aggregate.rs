@@ -1,0 +1,561 @@
+//! Aggregate routes (SPEC §3, §4): one client call fanned out to several
+//! upstreams in parallel, each part's JSON answer merged into one object.
+//!
+//! The pure half (part path templates, judging a part's answer, the merge) is
+//! tested beside the code. The fan-out drives Pingora's HTTP connector, which
+//! keeps the keep-alive connections to each peer pooled between requests.
+
+use crate::metrics::{UpstreamErrorKind, UpstreamMetrics};
+use crate::upstream::{NoPeer, Upstream};
+use bytes::{Bytes, BytesMut};
+use percent_encoding::{percent_decode_str, percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use pingora_core::connectors::http::Connector;
+use pingora_core::connectors::ConnectorOptions;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::{Error, ErrorType};
+use pingora_http::RequestHeader;
+use std::time::{Duration, Instant};
+
+/// What a parameter value keeps as it is: RFC 3986's unreserved characters.
+/// Everything else (`/`, `?`, `&`, `=`, `#`, `%`…) is percent-encoded, so a value
+/// stays one path segment or one query value wherever it is put.
+const VALUE_KEEPS: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// A part's answer body is bounded by `max_part_body`, 1 MiB unless set.
+pub const DEFAULT_MAX_PART_BODY: usize = 1 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Literal(String),
+    /// The route's `index`-th parameter, in the path or in the query.
+    Param {
+        index: usize,
+        in_query: bool,
+    },
+}
+
+/// A part's `path` (`/orders?user_id={id}`), with its `{param}` holes resolved
+/// against the route's parameters at load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartTemplate {
+    pieces: Vec<Piece>,
+}
+
+/// A parameter value that cannot be put in a path safely (`.` or `..`, which
+/// a backend would resolve as a dot-segment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a path parameter cannot be `.` or `..`")]
+pub struct UnsafeValue;
+
+impl PartTemplate {
+    /// Parses a part path; `params` are the route path's parameter names in
+    /// order. The error says what is wrong.
+    pub fn parse(template: &str, params: &[&str]) -> Result<PartTemplate, String> {
+        if !template.starts_with('/') {
+            return Err("a part path starts with \"/\"".to_string());
+        }
+        if template.contains('#') {
+            return Err("a part path cannot hold a fragment".to_string());
+        }
+        let mut pieces = Vec::new();
+        let mut in_query = false;
+        let mut rest = template;
+        while let Some(open) = rest.find('{') {
+            let literal = &rest[..open];
+            if literal.contains('}') {
+                return Err("`}` without `{`".to_string());
+            }
+            in_query |= literal.contains('?');
+            if !literal.is_empty() {
+                pieces.push(Piece::Literal(literal.to_string()));
+            }
+            let Some(close) = rest[open..].find('}') else {
+                return Err("`{` without `}`".to_string());
+            };
+            let name = &rest[open + 1..open + close];
+            let Some(index) = params.iter().position(|p| *p == name) else {
+                return Err(format!(
+                    "`{{{name}}}` is not a parameter of the route's path"
+                ));
+            };
+            pieces.push(Piece::Param { index, in_query });
+            rest = &rest[open + close + 1..];
+        }
+        if rest.contains('}') {
+            return Err("`}` without `{`".to_string());
+        }
+        if !rest.is_empty() {
+            pieces.push(Piece::Literal(rest.to_string()));
+        }
+        let template = PartTemplate { pieces };
+        // The literal text must make a valid request target on its own.
+        let sample = template
+            .render(&vec!["x"; params.len()])
+            .map_err(|e| e.to_string())?;
+        if sample.parse::<http::uri::PathAndQuery>().is_err() {
+            return Err(
+                "not a valid request path (spaces and control characters must be percent-encoded)"
+                    .to_string(),
+            );
+        }
+        Ok(template)
+    }
+
+    /// The part's request target for one request. `values` are the route's
+    /// parameter values as they came in the client's path (percent-encoded):
+    /// each is decoded, then encoded again so it stays one segment or value.
+    pub fn render(&self, values: &[&str]) -> Result<String, UnsafeValue> {
+        let mut out = String::new();
+        for piece in &self.pieces {
+            match piece {
+                Piece::Literal(text) => out.push_str(text),
+                Piece::Param { index, in_query } => {
+                    let raw = values.get(*index).copied().unwrap_or_default();
+                    let value: Vec<u8> = percent_decode_str(raw).collect();
+                    if !in_query && (value == b"." || value == b"..") {
+                        return Err(UnsafeValue);
+                    }
+                    out.extend(percent_encode(&value, VALUE_KEEPS));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Why a part counts as failed: its member becomes `{"error": ..., "status": ...}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartFailure {
+    pub error: &'static str,
+    /// The upstream's status when it answered, else the status the gateway
+    /// would have sent for that failure (502, 503, 504).
+    pub status: u16,
+}
+
+impl PartFailure {
+    const BAD_GATEWAY: PartFailure = PartFailure {
+        error: "bad_gateway",
+        status: 502,
+    };
+    const NO_HEALTHY_UPSTREAM: PartFailure = PartFailure {
+        error: "no_healthy_upstream",
+        status: 503,
+    };
+    const GATEWAY_TIMEOUT: PartFailure = PartFailure {
+        error: "gateway_timeout",
+        status: 504,
+    };
+
+    fn too_large(status: u16) -> PartFailure {
+        PartFailure {
+            error: "too_large",
+            status,
+        }
+    }
+}
+
+/// A part's answer: its JSON body, or why it failed.
+pub type PartOutcome = Result<Bytes, PartFailure>;
+
+/// Judges an upstream's complete answer: a status below 400 and a JSON body.
+pub fn judge(status: u16, body: Bytes) -> PartOutcome {
+    if status >= 400 {
+        return Err(PartFailure {
+            error: "upstream_error",
+            status,
+        });
+    }
+    if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
+        return Err(PartFailure {
+            error: "not_json",
+            status,
+        });
+    }
+    Ok(body)
+}
+
+/// The merged answer, one member per part in config order; `None` when every
+/// part failed (the gateway then answers 502).
+pub fn merge<'a>(parts: impl IntoIterator<Item = (&'a str, &'a PartOutcome)>) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(256);
+    let mut any_ok = false;
+    out.push(b'{');
+    for (i, (name, outcome)) in parts.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend(serde_json::Value::from(name).to_string().into_bytes());
+        out.push(b':');
+        match outcome {
+            Ok(body) => {
+                any_ok = true;
+                out.extend_from_slice(body.trim_ascii());
+            }
+            Err(f) => out.extend(
+                serde_json::json!({"error": f.error, "status": f.status})
+                    .to_string()
+                    .into_bytes(),
+            ),
+        }
+    }
+    out.extend_from_slice(b"}\n");
+    any_ok.then_some(out)
+}
+
+/// One part of an aggregate route, compiled.
+pub struct Part {
+    pub name: String,
+    /// Index into the gateway's upstreams.
+    pub upstream: usize,
+    pub template: PartTemplate,
+    pub metrics: UpstreamMetrics,
+}
+
+/// An aggregate route's parts and bounds.
+pub struct Aggregate {
+    pub parts: Vec<Part>,
+    pub max_part_body: usize,
+    /// The parts' upstreams, for the access log's `upstream` field: `users,orders`.
+    pub upstreams_label: String,
+}
+
+/// How one attempt at a part ended, when it did not end with an answer.
+enum AttemptError {
+    Connect,
+    /// A pooled connection turned out closed: worth one more try on a fresh one.
+    DeadPooled,
+    Timeout,
+    TooLarge(u16),
+    Protocol,
+}
+
+impl AttemptError {
+    fn from_pingora(e: &Error, reused: bool) -> AttemptError {
+        match e.etype() {
+            ErrorType::ConnectTimedout
+            | ErrorType::ConnectRefused
+            | ErrorType::ConnectNoRoute
+            | ErrorType::ConnectError
+            | ErrorType::TLSHandshakeFailure
+            | ErrorType::TLSHandshakeTimedout
+            | ErrorType::InvalidCert
+            | ErrorType::HandshakeError
+            | ErrorType::SocketError
+            | ErrorType::BindError => AttemptError::Connect,
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout => AttemptError::Timeout,
+            _ => {
+                let mut retry = e.retry;
+                retry.decide_reuse(reused);
+                if retry.retry() {
+                    AttemptError::DeadPooled
+                } else {
+                    AttemptError::Protocol
+                }
+            }
+        }
+    }
+}
+
+/// A part's answer read in full.
+struct Answer {
+    status: u16,
+    body: Bytes,
+}
+
+/// What every part of one client request shares.
+pub struct FanOutRequest<'a> {
+    /// The request sent to each part, before its target and per-peer headers.
+    pub base: &'a RequestHeader,
+    /// Sets a part's upstream and per-peer headers (secret, host) on its copy.
+    pub prepare:
+        &'a (dyn Fn(&mut RequestHeader, &Upstream, usize) -> pingora_core::Result<()> + Sync),
+    /// Consistent-hash key (the client address).
+    pub hash_key: &'a [u8],
+    /// The route deadline, bounding every part.
+    pub deadline: Option<Instant>,
+}
+
+/// Fetches aggregate parts. One per process, so its connection pools outlive
+/// config reloads, like the proxy's own.
+pub struct FanOut {
+    connector: Connector,
+}
+
+impl FanOut {
+    pub fn new(options: ConnectorOptions) -> FanOut {
+        FanOut {
+            connector: Connector::new(Some(options)),
+        }
+    }
+
+    /// Fetches every part at once; the outcomes are in the parts' order.
+    pub async fn fetch_all(
+        &self,
+        upstreams: &[Upstream],
+        aggregate: &Aggregate,
+        targets: &[String],
+        request: &FanOutRequest<'_>,
+    ) -> Vec<PartOutcome> {
+        let fetches = aggregate.parts.iter().zip(targets).map(|(part, target)| {
+            self.fetch(
+                &upstreams[part.upstream],
+                &part.metrics,
+                target,
+                aggregate.max_part_body,
+                request,
+            )
+        });
+        futures::future::join_all(fetches).await
+    }
+
+    /// One part, with the upstream's balancing and retries, within the deadline.
+    async fn fetch(
+        &self,
+        upstream: &Upstream,
+        metrics: &UpstreamMetrics,
+        target: &str,
+        max_body: usize,
+        request: &FanOutRequest<'_>,
+    ) -> PartOutcome {
+        let mut base = request.base.clone();
+        let uri = target
+            .parse::<http::Uri>()
+            .map_err(|_| PartFailure::BAD_GATEWAY)?;
+        base.set_uri(uri);
+        let mut tried: Vec<usize> = Vec::new();
+        // A dead pooled connection costs a resend but not the peer; bounded so
+        // a peer that keeps closing cannot loop forever.
+        let mut resends = 0;
+        loop {
+            let budget = match request.deadline {
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => return Err(PartFailure::GATEWAY_TIMEOUT),
+                },
+                None => None,
+            };
+            let peer = match upstream.pick_peer(request.hash_key, &tried) {
+                Ok(p) => p,
+                Err(NoPeer::AllUnhealthy) => return Err(PartFailure::NO_HEALTHY_UPSTREAM),
+                Err(NoPeer::AllTried) => return Err(PartFailure::BAD_GATEWAY),
+            };
+            tried.push(peer);
+            let mut req = base.clone();
+            (request.prepare)(&mut req, upstream, peer).map_err(|_| PartFailure::BAD_GATEWAY)?;
+            let http_peer = upstream.http_peer(peer, budget);
+            upstream.acquire(peer);
+            let attempt = self.exchange(&http_peer, req, max_body, metrics, upstream.timeouts.idle);
+            let result = match budget {
+                Some(b) => tokio::time::timeout(b, attempt)
+                    .await
+                    .unwrap_or(Err(AttemptError::Timeout)),
+                None => attempt.await,
+            };
+            upstream.release(peer);
+            let attempts = tried.len() as u32;
+            match result {
+                Ok(answer) => return judge(answer.status, answer.body),
+                Err(AttemptError::Connect) => {
+                    metrics.error(UpstreamErrorKind::Connect).inc();
+                    // Nothing was sent yet, so another peer may take the part.
+                    if attempts <= upstream.retries && tried.len() < upstream.peers.len() {
+                        continue;
+                    }
+                    return Err(PartFailure::BAD_GATEWAY);
+                }
+                Err(AttemptError::DeadPooled) if resends < upstream.peers.len() => {
+                    resends += 1;
+                    tried.pop();
+                }
+                Err(AttemptError::Timeout) => {
+                    metrics.error(UpstreamErrorKind::Timeout).inc();
+                    return Err(PartFailure::GATEWAY_TIMEOUT);
+                }
+                Err(AttemptError::TooLarge(status)) => return Err(PartFailure::too_large(status)),
+                Err(AttemptError::DeadPooled | AttemptError::Protocol) => {
+                    metrics.error(UpstreamErrorKind::Protocol).inc();
+                    return Err(PartFailure::BAD_GATEWAY);
+                }
+            }
+        }
+    }
+
+    /// Sends one GET to `peer` and reads the whole answer, at most `max_body`
+    /// bytes of body; a connection that served a complete answer goes back to
+    /// the pool.
+    async fn exchange(
+        &self,
+        peer: &HttpPeer,
+        req: RequestHeader,
+        max_body: usize,
+        metrics: &UpstreamMetrics,
+        idle: Duration,
+    ) -> Result<Answer, AttemptError> {
+        let started = Instant::now();
+        let (mut session, reused) = self
+            .connector
+            .get_http_session(peer)
+            .await
+            .map_err(|e| AttemptError::from_pingora(&e, false))?;
+        session.set_read_timeout(peer.options.read_timeout);
+        session.set_write_timeout(peer.options.write_timeout);
+        let answer: pingora_core::Result<Result<Answer, AttemptError>> = async {
+            session.write_request_header(Box::new(req)).await?;
+            session.finish_request_body().await?;
+            // Skip interim answers (100, 103) up to the real one.
+            let status = loop {
+                session.read_response_header().await?;
+                let status = session.response_header().map_or(0, |h| h.status.as_u16());
+                if !(100..200).contains(&status) {
+                    break status;
+                }
+            };
+            metrics.duration.observe(started.elapsed().as_secs_f64());
+            let mut body = BytesMut::new();
+            while let Some(chunk) = session.read_response_body().await? {
+                if body.len() + chunk.len() > max_body {
+                    return Ok(Err(AttemptError::TooLarge(status)));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(Ok(Answer {
+                status,
+                body: body.freeze(),
+            }))
+        }
+        .await;
+        match answer {
+            Ok(Ok(answer)) => {
+                self.connector
+                    .release_http_session(session, peer, Some(idle))
+                    .await;
+                Ok(answer)
+            }
+            // Unread body bytes: the connection cannot serve another request.
+            Ok(Err(too_large)) => Err(too_large),
+            Err(e) => Err(AttemptError::from_pingora(&e, reused)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn template(t: &str) -> PartTemplate {
+        PartTemplate::parse(t, &["id", "kind"]).expect("valid template")
+    }
+
+    #[test]
+    fn values_are_substituted_in_path_and_query() {
+        assert_eq!(
+            template("/users/{id}").render(&["42", "x"]),
+            Ok("/users/42".to_string())
+        );
+        assert_eq!(
+            template("/orders?user_id={id}&kind={kind}").render(&["7", "open"]),
+            Ok("/orders?user_id=7&kind=open".to_string())
+        );
+        assert_eq!(
+            template("/static").render(&["7", "x"]),
+            Ok("/static".to_string())
+        );
+    }
+
+    #[test]
+    fn a_value_cannot_add_a_segment_or_a_query_parameter() {
+        let t = template("/users/{id}/profile?kind={kind}");
+        // `1%2F..%2Fadmin` arrives encoded: decoded it is `1/../admin`, and it
+        // must stay one segment.
+        assert_eq!(
+            t.render(&["1%2F..%2Fadmin", "a&admin=1"]),
+            Ok("/users/1%2F..%2Fadmin/profile?kind=a%26admin%3D1".to_string())
+        );
+        assert_eq!(
+            t.render(&["1%3Fx=y", "b#frag"]),
+            Ok("/users/1%3Fx%3Dy/profile?kind=b%23frag".to_string())
+        );
+        // A literal `%` stays a literal percent sign.
+        assert_eq!(
+            t.render(&["100%25", "%zz"]),
+            Ok("/users/100%25/profile?kind=%25zz".to_string())
+        );
+        // Non-ASCII bytes come out encoded.
+        assert_eq!(
+            t.render(&["caf%C3%A9", "é"]),
+            Ok("/users/caf%C3%A9/profile?kind=%C3%A9".to_string())
+        );
+    }
+
+    #[test]
+    fn dot_segments_are_refused_in_paths_but_not_in_queries() {
+        let t = template("/users/{id}");
+        assert_eq!(t.render(&[".."]), Err(UnsafeValue));
+        assert_eq!(t.render(&["%2E%2e"]), Err(UnsafeValue));
+        assert_eq!(t.render(&["."]), Err(UnsafeValue));
+        assert_eq!(t.render(&["...", ""]), Ok("/users/...".to_string()));
+        let q = template("/search?q={id}");
+        assert_eq!(q.render(&[".."]), Ok("/search?q=..".to_string()));
+    }
+
+    #[test]
+    fn bad_templates_are_explained() {
+        let err = |t: &str| PartTemplate::parse(t, &["id"]).expect_err(t);
+        assert!(err("users/{id}").contains("starts with"));
+        assert!(err("/users/{uid}").contains("`{uid}` is not a parameter"));
+        assert!(err("/users/{id").contains("without `}`"));
+        assert!(err("/users/id}").contains("without `{`"));
+        assert!(err("/users#top").contains("fragment"));
+        assert!(err("/users/a b").contains("not a valid request path"));
+    }
+
+    #[test]
+    fn answers_are_judged_by_status_and_json() {
+        assert_eq!(
+            judge(200, Bytes::from_static(b" {\"id\": 1}\n")),
+            Ok(Bytes::from_static(b" {\"id\": 1}\n"))
+        );
+        assert_eq!(judge(200, Bytes::from_static(b"[1,2]")).map(|_| ()), Ok(()));
+        assert_eq!(
+            judge(500, Bytes::from_static(b"{}")),
+            Err(PartFailure {
+                error: "upstream_error",
+                status: 500
+            })
+        );
+        for not_json in [&b"<html>"[..], b"", b"{\"a\":1} trailing", b"{\"a\":"] {
+            assert_eq!(
+                judge(200, Bytes::copy_from_slice(not_json)).map_err(|f| f.error),
+                Err("not_json"),
+                "{not_json:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn merge_keeps_part_order_and_reports_failures() {
+        let user: PartOutcome = Ok(Bytes::from_static(b" {\"id\":1}\n"));
+        let orders: PartOutcome = Err(PartFailure::GATEWAY_TIMEOUT);
+        let merged = merge([("user", &user), ("orders", &orders)]).expect("one part ok");
+        let v: serde_json::Value = serde_json::from_slice(&merged).expect("json");
+        assert_eq!(v["user"]["id"], 1);
+        assert_eq!(v["orders"]["error"], "gateway_timeout");
+        assert_eq!(v["orders"]["status"], 504);
+        let text = String::from_utf8(merged).expect("utf-8");
+        assert!(text.find("user") < text.find("orders"), "{text}");
+    }
+
+    #[test]
+    fn names_are_escaped_and_all_failed_is_none() {
+        let ok: PartOutcome = Ok(Bytes::from_static(b"true"));
+        let merged = merge([("a\"b", &ok)]).expect("ok");
+        let v: serde_json::Value = serde_json::from_slice(&merged).expect("json");
+        assert_eq!(v["a\"b"], true);
+        let failed: PartOutcome = Err(PartFailure::BAD_GATEWAY);
+        assert_eq!(merge([("a", &failed), ("b", &failed)]), None);
+    }
+}
