@@ -45,11 +45,21 @@ pub struct PartTemplate {
     pieces: Vec<Piece>,
 }
 
-/// A parameter value that cannot be put in a path safely (`.` or `..`, which
-/// a backend would resolve as a dot-segment).
+/// A parameter value that cannot be put in a path safely: a dot-segment, or a
+/// `/` or `\\` that a backend decoding `%2F` could take for a separator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("a path parameter cannot be `.` or `..`")]
+#[error("a path parameter cannot be `.` or `..` nor hold `/`, `\\` or control characters")]
 pub struct UnsafeValue;
+
+/// Whether a decoded value stays one segment for any backend, even one that
+/// decodes percent-escapes before splitting or resolving the path.
+fn safe_segment(value: &[u8]) -> bool {
+    value != b"."
+        && value != b".."
+        && !value
+            .iter()
+            .any(|b| matches!(b, b'/' | b'\\') || b.is_ascii_control())
+}
 
 impl PartTemplate {
     /// Parses a part path; `params` are the route path's parameter names in
@@ -77,6 +87,13 @@ impl PartTemplate {
                 return Err("`{` without `}`".to_string());
             };
             let name = &rest[open + 1..open + close];
+            // In the path, a value fills a whole segment, so that checking the
+            // value alone (no `..`, no `/`) is enough to keep the path's shape.
+            let after = rest[open + close + 1..].chars().next();
+            let whole_segment = literal.ends_with('/') && matches!(after, None | Some('/' | '?'));
+            if !in_query && !whole_segment {
+                return Err(format!("`{{{name}}}` must be a whole path segment"));
+            }
             let Some(index) = params.iter().position(|p| *p == name) else {
                 return Err(format!(
                     "`{{{name}}}` is not a parameter of the route's path"
@@ -116,7 +133,7 @@ impl PartTemplate {
                 Piece::Param { index, in_query } => {
                     let raw = values.get(*index).copied().unwrap_or_default();
                     let value: Vec<u8> = percent_decode_str(raw).collect();
-                    if !in_query && (value == b"." || value == b"..") {
+                    if !in_query && !safe_segment(&value) {
                         return Err(UnsafeValue);
                     }
                     out.extend(percent_encode(&value, VALUE_KEEPS));
@@ -161,15 +178,17 @@ impl PartFailure {
 /// A part's answer: its JSON body, or why it failed.
 pub type PartOutcome = Result<Bytes, PartFailure>;
 
-/// Judges an upstream's complete answer: a status below 400 and a JSON body.
+/// Judges an upstream's complete answer: a 2xx status and a JSON body (valid
+/// UTF-8 too, since it is copied into the merged answer as it is).
 pub fn judge(status: u16, body: Bytes) -> PartOutcome {
-    if status >= 400 {
+    if !(200..300).contains(&status) {
         return Err(PartFailure {
             error: "upstream_error",
             status,
         });
     }
-    if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
+    let text = std::str::from_utf8(&body).ok();
+    if text.is_none_or(|t| serde_json::from_str::<serde::de::IgnoredAny>(t).is_err()) {
         return Err(PartFailure {
             error: "not_json",
             status,
@@ -266,6 +285,26 @@ struct Answer {
     body: Bytes,
 }
 
+/// A request counted on a peer (for `least_connections`) until dropped, even
+/// when the fetch is abandoned midway.
+struct InUse<'a> {
+    upstream: &'a Upstream,
+    peer: usize,
+}
+
+impl<'a> InUse<'a> {
+    fn new(upstream: &'a Upstream, peer: usize) -> Self {
+        upstream.acquire(peer);
+        InUse { upstream, peer }
+    }
+}
+
+impl Drop for InUse<'_> {
+    fn drop(&mut self) {
+        self.upstream.release(self.peer);
+    }
+}
+
 /// What every part of one client request shares.
 pub struct FanOutRequest<'a> {
     /// The request sent to each part, before its target and per-peer headers.
@@ -330,13 +369,15 @@ impl FanOut {
         // A dead pooled connection costs a resend but not the peer; bounded so
         // a peer that keeps closing cannot loop forever.
         let mut resends = 0;
+        // Pingora's read timeout restarts with every read: without a route
+        // deadline, a part still gets no longer than connect + read in all.
+        let deadline = request
+            .deadline
+            .unwrap_or_else(|| Instant::now() + upstream.timeouts.connect + upstream.timeouts.read);
         loop {
-            let budget = match request.deadline {
-                Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => Some(left),
-                    _ => return Err(PartFailure::GATEWAY_TIMEOUT),
-                },
-                None => None,
+            let budget = match deadline.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => left,
+                _ => return Err(PartFailure::GATEWAY_TIMEOUT),
             };
             let peer = match upstream.pick_peer(request.hash_key, &tried) {
                 Ok(p) => p,
@@ -346,16 +387,22 @@ impl FanOut {
             tried.push(peer);
             let mut req = base.clone();
             (request.prepare)(&mut req, upstream, peer).map_err(|_| PartFailure::BAD_GATEWAY)?;
-            let http_peer = upstream.http_peer(peer, budget);
-            upstream.acquire(peer);
-            let attempt = self.exchange(&http_peer, req, max_body, metrics, upstream.timeouts.idle);
-            let result = match budget {
-                Some(b) => tokio::time::timeout(b, attempt)
+            let http_peer = upstream.http_peer(peer, Some(budget));
+            let result = {
+                let _in_use = InUse::new(upstream, peer);
+                let attempt =
+                    self.exchange(&http_peer, req, max_body, metrics, upstream.timeouts.idle);
+                tokio::time::timeout(budget, attempt)
                     .await
-                    .unwrap_or(Err(AttemptError::Timeout)),
-                None => attempt.await,
+                    .unwrap_or(Err(AttemptError::Timeout))
             };
-            upstream.release(peer);
+            // A connect cut short by the deadline is a timeout, not a bad peer.
+            let result = match result {
+                Err(AttemptError::Connect) if Instant::now() >= deadline => {
+                    Err(AttemptError::Timeout)
+                }
+                other => other,
+            };
             let attempts = tried.len() as u32;
             match result {
                 Ok(answer) => return judge(answer.status, answer.body),
@@ -406,10 +453,14 @@ impl FanOut {
         let answer: pingora_core::Result<Result<Answer, AttemptError>> = async {
             session.write_request_header(Box::new(req)).await?;
             session.finish_request_body().await?;
-            // Skip interim answers (100, 103) up to the real one.
+            // Skip interim answers (100, 103) up to the real one; a 101 is not
+            // interim here (no upgrade was asked for) and ends the exchange.
             let status = loop {
                 session.read_response_header().await?;
                 let status = session.response_header().map_or(0, |h| h.status.as_u16());
+                if status == 101 {
+                    return Ok(Err(AttemptError::Protocol));
+                }
                 if !(100..200).contains(&status) {
                     break status;
                 }
@@ -469,11 +520,19 @@ mod tests {
     #[test]
     fn a_value_cannot_add_a_segment_or_a_query_parameter() {
         let t = template("/users/{id}/profile?kind={kind}");
-        // `1%2F..%2Fadmin` arrives encoded: decoded it is `1/../admin`, and it
-        // must stay one segment.
+        // `1%2F..%2Fadmin` arrives encoded: decoded it is `1/../admin`. In a
+        // query it is one encoded value; in a path it is refused, since a
+        // backend decoding `%2F` would see `/admin`.
         assert_eq!(
-            t.render(&["1%2F..%2Fadmin", "a&admin=1"]),
-            Ok("/users/1%2F..%2Fadmin/profile?kind=a%26admin%3D1".to_string())
+            t.render(&["1", "1%2F..%2Fadmin"]),
+            Ok("/users/1/profile?kind=1%2F..%2Fadmin".to_string())
+        );
+        assert_eq!(t.render(&["1%2F..%2Fadmin", "x"]), Err(UnsafeValue));
+        assert_eq!(t.render(&["1%5C..%5Cadmin", "x"]), Err(UnsafeValue));
+        assert_eq!(t.render(&["1%0D%0Ax-evil:1", "x"]), Err(UnsafeValue));
+        assert_eq!(
+            t.render(&["7", "a&admin=1"]),
+            Ok("/users/7/profile?kind=a%26admin%3D1".to_string())
         );
         assert_eq!(
             t.render(&["1%3Fx=y", "b#frag"]),
@@ -510,6 +569,9 @@ mod tests {
         assert!(err("/users/{id").contains("without `}`"));
         assert!(err("/users/id}").contains("without `{`"));
         assert!(err("/users#top").contains("fragment"));
+        for partial in ["/users/x{id}", "/users/{id}.json", "/users/{id}{id}"] {
+            assert!(err(partial).contains("whole path segment"), "{partial}");
+        }
         assert!(err("/users/a b").contains("not a valid request path"));
     }
 
@@ -527,7 +589,19 @@ mod tests {
                 status: 500
             })
         );
-        for not_json in [&b"<html>"[..], b"", b"{\"a\":1} trailing", b"{\"a\":"] {
+        assert_eq!(
+            judge(302, Bytes::from_static(b"{}")).map_err(|f| f.error),
+            Err("upstream_error")
+        );
+        // Latin-1 inside a string: would make the merged answer invalid JSON.
+        let latin1 = [&b"{\"name\":\"caf"[..], &[0xE9], b"\"}"].concat();
+        for not_json in [
+            &b"<html>"[..],
+            b"",
+            b"{\"a\":1} trailing",
+            b"{\"a\":",
+            &latin1,
+        ] {
             assert_eq!(
                 judge(200, Bytes::copy_from_slice(not_json)).map_err(|f| f.error),
                 Err("not_json"),

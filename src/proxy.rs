@@ -425,12 +425,12 @@ fn upstream_error_kind(e: &Error) -> UpstreamErrorKind {
 }
 
 /// The client's request as every aggregate part's starting point: GET over
-/// HTTP/1.1, asking for JSON, without the body's framing or the conditional and
-/// range headers that could make an answer partial or empty.
+/// HTTP/1.1, asking for JSON, without the body's framing, an upgrade, or the
+/// conditional and range headers that could make an answer partial or empty.
 fn part_request_base(client: &RequestHeader) -> RequestHeader {
     use http::header::{
         ACCEPT, ACCEPT_ENCODING, EXPECT, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE,
-        IF_UNMODIFIED_SINCE, RANGE, TRANSFER_ENCODING,
+        IF_UNMODIFIED_SINCE, RANGE, TRANSFER_ENCODING, UPGRADE,
     };
     let mut base = client.clone();
     base.set_method(http::Method::GET);
@@ -446,6 +446,8 @@ fn part_request_base(client: &RequestHeader) -> RequestHeader {
         IF_NONE_MATCH,
         IF_MODIFIED_SINCE,
         IF_UNMODIFIED_SINCE,
+        UPGRADE,
+        HeaderName::from_static("http2-settings"),
     ] {
         base.remove_header(&name);
     }

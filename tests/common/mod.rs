@@ -73,6 +73,9 @@ pub struct Answer {
     pub trickle: Option<Duration>,
     /// Send `103 Early Hints` before the answer.
     pub early_hints: bool,
+    /// Close the connection instead of answering (a pooled connection that
+    /// dies while the request is on it).
+    pub hang_up: bool,
 }
 
 impl Answer {
@@ -85,6 +88,7 @@ impl Answer {
             then_close: false,
             trickle: None,
             early_hints: false,
+            hang_up: false,
         }
     }
 
@@ -207,6 +211,9 @@ fn serve_connection(stream: TcpStream, handler: &Handler, received: &Mutex<Vec<R
             .is_some_and(|c| c.eq_ignore_ascii_case("close"));
         received.lock().expect("lock").push(req.clone());
         let answer = handler(&req);
+        if answer.hang_up {
+            return;
+        }
         if !answer.delay.is_zero() {
             std::thread::sleep(answer.delay);
         }

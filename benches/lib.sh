@@ -1,0 +1,45 @@
+# Shared by the bench scripts (sourced): process bookkeeping, free ports, an
+# nginx backend with a fixed JSON answer, medians and ratios.
+# Everything started through `spawn` is stopped on exit; nothing else is touched.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+BIN=target/release/portcullis
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+need() { # tools...
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null || { echo "missing: $tool (apt-get install -y nginx-light redis-server wrk)" >&2; exit 1; }
+  done
+}
+release_build() { [ -x "$BIN" ] || cargo build --release --locked; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+
+# nginx answering every path with a small JSON object, on CPU $2 (default 0).
+start_backend() { # port [cpu]
+  cat > "$work/backend.conf" <<NGINX
+worker_processes 1; daemon off; pid $work/backend.pid; error_log $work/backend.err;
+events { worker_connections 4096; }
+http { access_log off;
+  server { listen 127.0.0.1:$1; keepalive_requests 100000;
+    location / { default_type application/json; return 200 '{"ok":true}'; } } }
+NGINX
+  taskset -c "${2:-0}" nginx -c "$work/backend.conf" -p "$work" & pids+=($!)
+  wait_port "$1"
+}
+
+# Portcullis with config file $2, on CPU $3 (default 0); waits for port $1.
+start_portcullis() { # port config [cpu]
+  taskset -c "${3:-0}" "$BIN" -c "$2" >/dev/null 2>"$2.err" & pids+=($!)
+  wait_port "$1"
+}
+
+# wrk on CPU 1 for SECS seconds with CONNS connections -> req/s.
+wrk_rps() { # url
+  taskset -c 1 wrk -t1 -c"$CONNS" -d"${SECS}s" -H 'x-api-key: bench-key' "$1" | awk '/Requests\/sec/ {print $2}'
+}
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+ratio() { python3 -c "print(f'{$1/$2:.3f}')"; }
