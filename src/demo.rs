@@ -44,7 +44,7 @@ pub struct DemoService {
 fn json_response(status: StatusCode, body: Value) -> Response<Vec<u8>> {
     let mut bytes = body.to_string().into_bytes();
     bytes.push(b'\n');
-    crate::metrics::reply(status, "application/json", bytes)
+    crate::admin::reply(status, "application/json", bytes)
 }
 
 fn user(id: u64) -> Option<Value> {
@@ -161,8 +161,12 @@ pub fn run(listen: SocketAddr, admin: SocketAddr) -> Result<(), String> {
     let gateway = Gateway::compile(&config, file).map_err(|e| e.to_string())?;
     server::init_logging(&config);
 
-    let mut assembled =
-        server::assemble(Plan::from_config(&config), gateway, ProcessFlags::default());
+    let mut assembled = server::assemble(
+        Plan::from_config(&config),
+        gateway,
+        ProcessFlags::default(),
+        None,
+    );
     for (name, kind, addr) in [
         ("demo-users", Kind::Users, users),
         ("demo-orders", Kind::Orders, orders),

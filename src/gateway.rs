@@ -11,6 +11,7 @@ use crate::upstream::Upstream;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Headers to set and to remove, in that order of application: remove, then set.
@@ -368,7 +369,7 @@ fn reject_unimplemented(cx: &mut Cx<'_>, config: &Config) {
 /// The rate-limit store of `rate_limit:` (local when omitted).
 fn build_store(cx: &mut Cx<'_>, config: &Config) -> limit::Store {
     let Some(conf) = &config.rate_limit else {
-        return limit::Store::Local(Default::default());
+        return limit::Store::Local(Arc::default());
     };
     let kind = conf.store.as_ref().map(|s| s.value).unwrap_or_default();
     match (kind, &conf.redis) {
@@ -379,12 +380,12 @@ fn build_store(cx: &mut Cx<'_>, config: &Config) -> limit::Store {
                 Ok(store) => limit::Store::Redis(Box::new(store)),
                 Err(message) => {
                     cx.error_at("rate_limit.redis.url", redis.url.mark, message);
-                    limit::Store::Local(Default::default())
+                    limit::Store::Local(Arc::default())
                 }
             }
         }
         // `store: redis` without `redis:` was reported by validation.
-        _ => limit::Store::Local(Default::default()),
+        _ => limit::Store::Local(Arc::default()),
     }
 }
 

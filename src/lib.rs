@@ -6,6 +6,7 @@
 //! forward, reply) holds no Pingora types.
 
 pub mod access_log;
+pub mod admin;
 pub mod aggregate;
 pub mod auth;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod gateway;
 pub mod limit;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod reply;
 pub mod router;
 pub mod server;

@@ -81,6 +81,7 @@ fn main() -> ExitCode {
         daemon: cli.daemon,
         upgrade: cli.upgrade,
     };
-    server::run(server::assemble(Plan::from_config(&config), gateway, flags));
+    let plan = Plan::from_config(&config);
+    server::run(server::assemble(plan, gateway, flags, Some(path)));
     ExitCode::SUCCESS
 }

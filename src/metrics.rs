@@ -1,20 +1,16 @@
-//! Metric families of SPEC §5 and the admin listener that exports them.
+//! Metric families of SPEC §5, and their text exposition.
 //!
 //! Families live in the `prometheus` crate's default registry (the one Pingora's
 //! own exporter reads). Each route resolves its labelled handles once, when the
 //! config is compiled, so the request path never formats or hashes labels except
 //! for `requests_total`, whose status label is only known at the end.
 
-use async_trait::async_trait;
-use http::{Method, Response, StatusCode};
-use pingora_core::apps::http_app::ServeHttp;
-use pingora_core::protocols::http::ServerSession;
+use http::Method;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 const DURATION_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -277,48 +273,4 @@ pub fn render() -> Vec<u8> {
         log::error!("cannot encode metrics: {e}");
     }
     out
-}
-
-/// The admin listener: `/metrics`, `/healthz`, `/readyz`.
-pub struct AdminApp {
-    /// Set once the gateway's listeners are bound; cleared when shutting down.
-    pub ready: Arc<AtomicBool>,
-}
-
-/// A whole small answer for a `ServeHttp` app (admin, demo): status, type, length.
-pub fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
-    let mut resp = Response::new(body);
-    *resp.status_mut() = status;
-    let len = resp.body().len();
-    let headers = resp.headers_mut();
-    if let Ok(v) = content_type.parse() {
-        headers.insert(http::header::CONTENT_TYPE, v);
-    }
-    headers.insert(http::header::CONTENT_LENGTH, len.into());
-    resp
-}
-
-#[async_trait]
-impl ServeHttp for AdminApp {
-    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let json = "application/json";
-        match session.req_header().uri.path() {
-            "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", render()),
-            "/healthz" => reply(StatusCode::OK, json, b"{\"status\":\"ok\"}\n".to_vec()),
-            "/readyz" if self.ready.load(Ordering::Acquire) => {
-                let body = format!("{{\"status\":\"ready\",\"pid\":{}}}\n", std::process::id());
-                reply(StatusCode::OK, json, body.into_bytes())
-            }
-            "/readyz" => reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                json,
-                b"{\"status\":\"not_ready\"}\n".to_vec(),
-            ),
-            _ => reply(
-                StatusCode::NOT_FOUND,
-                json,
-                b"{\"error\":\"not_found\",\"message\":\"the admin listener serves /metrics, /healthz and /readyz\"}\n".to_vec(),
-            ),
-        }
-    }
 }

@@ -3,11 +3,12 @@
 //! graceful drain on SIGTERM.
 
 use crate::access_log;
+use crate::admin::AdminApp;
 use crate::aggregate::FanOut;
 use crate::config::{Config, LogFormat, LogLevel};
 use crate::gateway::Gateway;
-use crate::metrics::AdminApp;
 use crate::proxy::{self, Portcullis};
+use crate::reload::Reloader;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora_core::connectors::ConnectorOptions;
@@ -16,10 +17,12 @@ use pingora_core::server::{Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_core::services::listening::Service;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 /// Where the admin listener goes when the config names none.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9100";
@@ -74,6 +77,7 @@ pub fn init_logging(config: &Config) {
 }
 
 /// What the gateway listens on and how it is run, from the config.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     pub listen: Vec<SocketAddr>,
     pub admin: SocketAddr,
@@ -83,6 +87,27 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The fields a reload cannot change that differ in `new`.
+    pub fn changed_in(&self, new: &Plan) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        if self.listen != new.listen {
+            changed.push("listen");
+        }
+        if self.admin != new.admin {
+            changed.push("admin");
+        }
+        if self.threads != new.threads {
+            changed.push("threads");
+        }
+        if self.shutdown_grace != new.shutdown_grace {
+            changed.push("shutdown_grace");
+        }
+        if self.log_format != new.log_format {
+            changed.push("log.format");
+        }
+        changed
+    }
+
     pub fn from_config(config: &Config) -> Plan {
         let admin = config
             .admin
@@ -113,11 +138,18 @@ impl Plan {
 pub struct Assembled {
     pub server: Server,
     pub tables: Arc<ArcSwap<Gateway>>,
+    reloader: Option<Arc<Reloader>>,
     plan: Plan,
     ready: Arc<AtomicBool>,
 }
 
-pub fn assemble(plan: Plan, gateway: Gateway, flags: ProcessFlags) -> Assembled {
+/// `config_file` is what SIGHUP and `POST /reload` read again (none for the demo).
+pub fn assemble(
+    plan: Plan,
+    gateway: Gateway,
+    flags: ProcessFlags,
+    config_file: Option<PathBuf>,
+) -> Assembled {
     let conf = ServerConf {
         threads: plan.threads,
         // Pingora sleeps the whole grace period; our drain watcher exits as soon
@@ -135,6 +167,8 @@ pub fn assemble(plan: Plan, gateway: Gateway, flags: ProcessFlags) -> Assembled 
     server.bootstrap();
 
     let tables = Arc::new(ArcSwap::from_pointee(gateway));
+    let reloader =
+        config_file.map(|path| Arc::new(Reloader::new(path, tables.clone(), plan.clone())));
     let portcullis = Portcullis {
         tables: tables.clone(),
         log_format: plan.log_format,
@@ -155,6 +189,7 @@ pub fn assemble(plan: Plan, gateway: Gateway, flags: ProcessFlags) -> Assembled 
         "admin".to_string(),
         AdminApp {
             ready: ready.clone(),
+            reloader: reloader.clone(),
         },
     );
     admin.add_tcp(&plan.admin.to_string());
@@ -163,6 +198,7 @@ pub fn assemble(plan: Plan, gateway: Gateway, flags: ProcessFlags) -> Assembled 
     Assembled {
         server,
         tables,
+        reloader,
         plan,
         ready,
     }
@@ -175,6 +211,7 @@ pub fn run(assembled: Assembled) {
         plan,
         ready,
         tables,
+        reloader,
     } = assembled;
     log::info!(
         "portcullis {} listening on {} (admin {}), {} threads",
@@ -196,24 +233,35 @@ pub fn run(assembled: Assembled) {
             grace: plan.shutdown_grace,
             ready,
             tables,
+            reloader,
         },
     ));
     server.run(pingora_core::server::RunArgs::default());
     access_log::flush();
 }
 
-/// Readiness and the graceful drain.
+/// Readiness, reloads on SIGHUP, and the graceful drain.
 struct Lifecycle {
     /// The proxy listeners, as addresses to dial.
     listen: Vec<SocketAddr>,
     grace: Duration,
     ready: Arc<AtomicBool>,
     tables: Arc<ArcSwap<Gateway>>,
+    reloader: Option<Arc<Reloader>>,
 }
 
 #[async_trait]
 impl BackgroundService for Lifecycle {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        // Listen for SIGHUP before turning ready: its default action would
+        // end the process.
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                log::warn!("cannot listen for SIGHUP, reload with POST /reload: {e}");
+                None
+            }
+        };
         self.tables.load().limiter.warm_up().await;
         // `/readyz` turns ready once every proxy listener accepts connections.
         while !*shutdown.borrow() {
@@ -228,8 +276,13 @@ impl BackgroundService for Lifecycle {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         while !*shutdown.borrow() {
-            if shutdown.changed().await.is_err() {
-                return;
+            tokio::select! {
+                changed = shutdown.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                Some(()) = next_hangup(&mut hangups) => self.reload_on_hangup().await,
             }
         }
         // Pingora closes the listeners, then sleeps the whole grace period; SPEC §2
@@ -248,6 +301,26 @@ impl BackgroundService for Lifecycle {
         );
         access_log::flush();
         std::process::exit(0);
+    }
+}
+
+impl Lifecycle {
+    async fn reload_on_hangup(&self) {
+        match &self.reloader {
+            // The outcome is logged and counted by the reloader.
+            Some(reloader) => {
+                let _ = reloader.reload_async().await;
+            }
+            None => log::warn!("SIGHUP: no config file to reload (the demo)"),
+        }
+    }
+}
+
+/// The next SIGHUP; never, when it cannot be listened for.
+async fn next_hangup(hangups: &mut Option<Signal>) -> Option<()> {
+    match hangups {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
     }
 }
 

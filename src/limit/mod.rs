@@ -6,7 +6,7 @@ pub mod redis;
 
 use crate::config::{LimitBy, OnStoreError};
 use std::net::IpAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Who a limit counts.
@@ -51,7 +51,7 @@ impl Window {
 }
 
 /// A configured limit.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitSpec {
     /// Stable across instances and reloads: `route:NAME` or `consumer:NAME`.
     pub name: String,
@@ -62,7 +62,8 @@ pub struct LimitSpec {
 
 /// Where the counts live.
 pub enum Store {
-    Local(local::LocalStore),
+    /// Shared with the tables of a reload whose limits are the same.
+    Local(Arc<local::LocalStore>),
     Redis(Box<redis::RedisStore>),
 }
 
@@ -102,6 +103,26 @@ impl Limiter {
             specs,
             store,
             on_store_error,
+        }
+    }
+
+    /// Takes over `previous`'s local counts when both count locally and every
+    /// limit both know is the same (counts are kept by limit index), so a reload
+    /// that adds a route does not hand every client a fresh quota. Whether it did.
+    pub fn keep_counts_from(&mut self, previous: &Limiter) -> bool {
+        let same_limits = self
+            .specs
+            .iter()
+            .zip(&previous.specs)
+            .all(|(new, old)| new == old);
+        match (&mut self.store, &previous.store) {
+            (Store::Local(mine), Store::Local(theirs)) if same_limits => {
+                *mine = theirs.clone();
+                true
+            }
+            // Redis keeps its counts itself, by limit name.
+            (Store::Redis(_), _) => true,
+            _ => self.specs.is_empty() || previous.specs.is_empty(),
         }
     }
 

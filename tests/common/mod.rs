@@ -479,6 +479,22 @@ impl Gateway {
         gw
     }
 
+    /// Replaces the config file (`{listen}` and `{admin}` filled in with this
+    /// gateway's addresses), atomically, as an operator's deploy would.
+    pub fn rewrite_config(&self, config: &str) {
+        let text = config
+            .replace("{listen}", &self.addr.to_string())
+            .replace("{admin}", &self.admin.to_string());
+        let staged = self.dir.join("gateway.yaml.new");
+        std::fs::write(&staged, text).expect("write config");
+        std::fs::rename(&staged, &self.config_path).expect("replace config");
+    }
+
+    /// `POST /reload` on the admin listener.
+    pub fn post_reload(&self) -> Response {
+        request(self.admin, "POST", "/reload", &[], b"")
+    }
+
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {

@@ -1,0 +1,106 @@
+//! The admin listener (SPEC §5): `GET /metrics`, `/healthz`, `/readyz`, and
+//! `POST /reload`. It has no authentication of its own: keep it on loopback or
+//! a private network.
+
+use crate::metrics;
+use crate::reload::Reloader;
+use async_trait::async_trait;
+use http::{Method, Response, StatusCode};
+use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::protocols::http::ServerSession;
+use serde_json::json;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+const JSON: &str = "application/json";
+
+pub struct AdminApp {
+    /// Set once the gateway's listeners are bound; cleared when shutting down.
+    pub ready: Arc<AtomicBool>,
+    /// Reloads the config file; `None` when there is none (the demo).
+    pub reloader: Option<Arc<Reloader>>,
+}
+
+/// A whole small answer for a `ServeHttp` app (admin, demo): status, type, length.
+pub fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    let len = resp.body().len();
+    let headers = resp.headers_mut();
+    if let Ok(v) = content_type.parse() {
+        headers.insert(http::header::CONTENT_TYPE, v);
+    }
+    headers.insert(http::header::CONTENT_LENGTH, len.into());
+    resp
+}
+
+fn reply_json(status: StatusCode, body: serde_json::Value) -> Response<Vec<u8>> {
+    let mut bytes = body.to_string().into_bytes();
+    bytes.push(b'\n');
+    reply(status, JSON, bytes)
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response<Vec<u8>> {
+    reply_json(status, json!({"error": code, "message": message}))
+}
+
+impl AdminApp {
+    /// `POST /reload`: as SIGHUP; 200 `{"result":"ok"}`, or 400 with every error.
+    async fn reload(&self) -> Response<Vec<u8>> {
+        let Some(reloader) = &self.reloader else {
+            return error(
+                StatusCode::CONFLICT,
+                "no_config_file",
+                "this gateway runs without a config file (the demo): nothing to reload",
+            );
+        };
+        match reloader.reload_async().await {
+            Ok(done) => reply_json(
+                StatusCode::OK,
+                json!({"result": "ok", "needs_restart": done.needs_restart}),
+            ),
+            Err(errors) => reply_json(
+                StatusCode::BAD_REQUEST,
+                json!({
+                    "error": "invalid_config",
+                    "errors": errors.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                }),
+            ),
+        }
+    }
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = session.req_header();
+        let (method, path) = (req.method.clone(), req.uri.path().to_string());
+        match (path.as_str(), method) {
+            ("/reload", Method::POST) => self.reload().await,
+            ("/reload", _) => error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "reload with POST /reload",
+            ),
+            ("/metrics", _) => reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                metrics::render(),
+            ),
+            ("/healthz", _) => reply_json(StatusCode::OK, json!({"status": "ok"})),
+            ("/readyz", _) if self.ready.load(Ordering::Acquire) => reply_json(
+                StatusCode::OK,
+                json!({"status": "ready", "pid": std::process::id()}),
+            ),
+            ("/readyz", _) => reply_json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"status": "not_ready"}),
+            ),
+            _ => error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "the admin listener serves /metrics, /healthz, /readyz and POST /reload",
+            ),
+        }
+    }
+}
