@@ -350,11 +350,6 @@ fn reject_unimplemented(cx: &mut Cx<'_>, config: &Config) {
     if config.limits.is_some() {
         log::warn!("`limits` is accepted but not enforced yet: Pingora's defaults apply");
     }
-    for (name, upstream) in config.upstreams.iter().flat_map(|t| t.iter()) {
-        if upstream.health_check.is_some() {
-            log::warn!("upstreams.{name}.health_check is accepted but not run yet: only failed connects are retried");
-        }
-    }
     for (i, l) in config.listen.value.iter() {
         if let Some(tls) = &l.tls {
             cx.error_at(

@@ -13,6 +13,7 @@ pub mod config;
 pub mod demo;
 pub mod forward;
 pub mod gateway;
+pub mod health;
 pub mod limit;
 pub mod metrics;
 pub mod proxy;

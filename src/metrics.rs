@@ -29,6 +29,7 @@ pub struct Families {
     pub upstream_errors: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub rate_limit_store_errors: IntCounterVec,
+    pub peer_up: IntGaugeVec,
 }
 
 fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -124,6 +125,12 @@ pub fn families() -> &'static Families {
                 "portcullis_rate_limit_store_errors_total",
                 "Rate-limit decisions the store failed to make (unreachable, timed out).",
                 &["store"],
+            ),
+            peer_up: gauge(
+                reg,
+                "portcullis_upstream_peer_up",
+                "Whether a peer takes traffic (1) or is marked down by its health check (0).",
+                &["upstream", "peer"],
             ),
         };
         for result in ["ok", "error"] {

@@ -7,6 +7,7 @@ use crate::admin::AdminApp;
 use crate::aggregate::FanOut;
 use crate::config::{Config, LogFormat, LogLevel};
 use crate::gateway::Gateway;
+use crate::health::HealthChecker;
 use crate::proxy::{self, Portcullis};
 use crate::reload::Reloader;
 use arc_swap::ArcSwap;
@@ -224,6 +225,7 @@ pub fn run(assembled: Assembled) {
         plan.admin,
         plan.threads
     );
+    let tables_for_checks = tables.clone();
     // Background services, not threads: threads started before `run` would be
     // lost when `--daemon` forks.
     server.add_service(background_service(
@@ -234,6 +236,12 @@ pub fn run(assembled: Assembled) {
             ready,
             tables,
             reloader,
+        },
+    ));
+    server.add_service(background_service(
+        "health checks",
+        HealthChecker {
+            tables: tables_for_checks,
         },
     ));
     server.run(pingora_core::server::RunArgs::default());

@@ -2,16 +2,25 @@
 //! Pingora connects (and pools connections) with.
 
 use crate::config;
+use futures::FutureExt;
 use http::{HeaderName, HeaderValue};
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_load_balancing::selection::{Consistent, Random, RoundRobin};
-use pingora_load_balancing::LoadBalancer;
+use pingora_load_balancing::discovery::Static;
+use pingora_load_balancing::health_check::HttpHealthCheck;
+use pingora_load_balancing::selection::{
+    BackendIter, BackendSelection, Consistent, Random, RoundRobin,
+};
+use pingora_load_balancing::{Backend, Backends, HealthRegistry, LoadBalancer};
+use std::collections::{BTreeSet, HashMap};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How many candidates a balancer may look at before giving up.
 const MAX_SELECT_ITERATIONS: usize = 256;
+/// How often an upstream's `health_check` runs when it names no `interval`.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 
 /// One peer of an upstream.
 #[derive(Debug)]
@@ -67,6 +76,8 @@ pub struct Upstream {
     pub name: String,
     pub peers: Vec<Peer>,
     balancer: Balancer,
+    /// How often the active health check runs; `None`: passive only.
+    pub health_interval: Option<Duration>,
     pub tls: bool,
     pub sni: String,
     pub verify: bool,
@@ -107,40 +118,98 @@ impl Upstream {
                 active: AtomicUsize::new(0),
             });
         }
-        let addrs: Vec<SocketAddr> = peers.iter().map(|p| p.addr).collect();
-        let lb_error = |e: std::io::Error| (0, format!("cannot build the balancer: {e}"));
-        let balancer = match conf.balance.unwrap_or_default() {
-            config::Balance::RoundRobin => {
-                Balancer::RoundRobin(LoadBalancer::try_from_iter(addrs).map_err(lb_error)?)
-            }
-            config::Balance::Random => {
-                Balancer::Random(LoadBalancer::try_from_iter(addrs).map_err(lb_error)?)
-            }
-            config::Balance::ConsistentHash => {
-                Balancer::ConsistentHash(LoadBalancer::try_from_iter(addrs).map_err(lb_error)?)
-            }
-            config::Balance::LeastConnections => {
-                Balancer::LeastConnections(LoadBalancer::try_from_iter(addrs).map_err(lb_error)?)
-            }
-        };
         let t = conf.timeouts.as_ref();
         let d = Timeouts::default();
+        let timeouts = Timeouts {
+            connect: t.and_then(|t| t.connect).unwrap_or(d.connect),
+            read: t.and_then(|t| t.read).unwrap_or(d.read),
+            write: t.and_then(|t| t.write).unwrap_or(d.write),
+            idle: t.and_then(|t| t.idle).unwrap_or(d.idle),
+        };
+        let headers = conf.headers.clone().map(|h| h.0).unwrap_or_default();
+        let tls = conf.tls.unwrap_or(false);
+        let sni = conf.sni.clone().unwrap_or_default();
+        let verify = conf.verify.unwrap_or(true);
+        let registry = conf.health_check.as_ref().map(|hc| {
+            let check = CheckSettings {
+                path: hc.path.value.clone(),
+                host: if sni.is_empty() {
+                    name.to_string()
+                } else {
+                    sni.clone()
+                },
+                tls,
+                verify,
+                connect: timeouts.connect,
+                headers: headers.clone(),
+            };
+            health_registry(name, check)
+        });
+        let addrs: BTreeSet<Backend> = peers
+            .iter()
+            .map(|p| Backend {
+                addr: pingora_core::protocols::l4::socket::SocketAddr::Inet(p.addr),
+                weight: 1,
+                ext: Default::default(),
+            })
+            .collect();
+        let backends = || {
+            let discovery = Static::new(addrs.clone());
+            match &registry {
+                Some(r) => Backends::new_with_health_registry(discovery, r.clone()),
+                None => Backends::new(discovery),
+            }
+        };
+        let balancer = match conf.balance.unwrap_or_default() {
+            config::Balance::RoundRobin => Balancer::RoundRobin(balancer(backends())?),
+            config::Balance::Random => Balancer::Random(balancer(backends())?),
+            config::Balance::ConsistentHash => Balancer::ConsistentHash(balancer(backends())?),
+            config::Balance::LeastConnections => Balancer::LeastConnections(balancer(backends())?),
+        };
         Ok(Upstream {
             name: name.to_string(),
             peers,
             balancer,
-            tls: conf.tls.unwrap_or(false),
-            sni: conf.sni.clone().unwrap_or_default(),
-            verify: conf.verify.unwrap_or(true),
-            timeouts: Timeouts {
-                connect: t.and_then(|t| t.connect).unwrap_or(d.connect),
-                read: t.and_then(|t| t.read).unwrap_or(d.read),
-                write: t.and_then(|t| t.write).unwrap_or(d.write),
-                idle: t.and_then(|t| t.idle).unwrap_or(d.idle),
-            },
+            health_interval: conf
+                .health_check
+                .as_ref()
+                .map(|hc| hc.interval.unwrap_or(DEFAULT_HEALTH_INTERVAL)),
+            tls,
+            sni,
+            verify,
+            timeouts,
             retries: conf.retries.unwrap_or(1),
-            headers: conf.headers.clone().map(|h| h.0).unwrap_or_default(),
+            headers,
         })
+    }
+
+    fn backends(&self) -> &Backends {
+        match &self.balancer {
+            Balancer::RoundRobin(lb) => lb.backends(),
+            Balancer::Random(lb) => lb.backends(),
+            Balancer::ConsistentHash(lb) => lb.backends(),
+            Balancer::LeastConnections(lb) => lb.backends(),
+        }
+    }
+
+    /// One pass of the active health check over every peer (pingora's
+    /// `HttpHealthCheck`); peers that fail it get no traffic until one passes.
+    pub async fn run_health_check(&self) {
+        self.backends().run_health_check(true).await;
+    }
+
+    /// Whether each peer may take traffic now, in peer order.
+    pub fn peers_up(&self) -> Vec<bool> {
+        let backends = self.backends();
+        let all = backends.get_backend();
+        self.peers
+            .iter()
+            .map(|p| {
+                all.iter()
+                    .find(|b| b.addr.as_inet() == Some(&p.addr))
+                    .is_some_and(|b| backends.ready(b))
+            })
+            .collect()
     }
 
     fn peer_index(&self, addr: Option<&SocketAddr>) -> Option<usize> {
@@ -224,6 +293,87 @@ impl Upstream {
         o.verify_hostname = self.verify;
         Box::new(peer)
     }
+}
+
+/// A balancer over `backends`, its selection built now (static peers).
+fn balancer<S>(backends: Backends) -> Result<LoadBalancer<S>, (usize, String)>
+where
+    S: BackendSelection + 'static,
+    S::Iter: BackendIter,
+{
+    let lb = LoadBalancer::from_backends(backends);
+    match lb.update().now_or_never() {
+        Some(Ok(())) => Ok(lb),
+        Some(Err(e)) => Err((0, format!("cannot build the balancer: {e}"))),
+        None => Err((
+            0,
+            "cannot build the balancer: discovery blocked".to_string(),
+        )),
+    }
+}
+
+/// What an upstream's active health check sends, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CheckSettings {
+    path: String,
+    host: String,
+    tls: bool,
+    verify: bool,
+    connect: Duration,
+    /// The upstream's `headers`: backends that want the gateway secret want it
+    /// on health checks too.
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl CheckSettings {
+    fn health_check(&self) -> Option<HttpHealthCheck> {
+        let mut check = HttpHealthCheck::new(&self.host, self.tls);
+        check.req.set_uri(self.path.parse().ok()?);
+        for (name, value) in &self.headers {
+            check.req.insert_header(name.clone(), value.clone()).ok()?;
+        }
+        let o = &mut check.peer_template.options;
+        o.connection_timeout = Some(self.connect);
+        o.read_timeout = Some(self.connect.max(Duration::from_secs(1)));
+        o.verify_cert = self.verify;
+        o.verify_hostname = self.verify;
+        // Any 2xx is healthy (Pingora's default accepts only 200).
+        check.validator = Some(Box::new(|resp| {
+            if resp.status.is_success() {
+                Ok(())
+            } else {
+                pingora_core::Error::e_explain(
+                    pingora_core::ErrorType::CustomCode(
+                        "health check status",
+                        resp.status.as_u16(),
+                    ),
+                    "health check answered outside 2xx",
+                )
+            }
+        }));
+        Some(check)
+    }
+}
+
+/// The health registry of upstream `name`: one per process for as long as its
+/// check settings stay the same, so peers keep their health across reloads
+/// (a peer known down stays down in the new tables).
+fn health_registry(name: &str, settings: CheckSettings) -> Arc<HealthRegistry> {
+    /// Upstream name → the settings its registry checks with, and the registry.
+    type Registries = HashMap<String, (CheckSettings, Arc<HealthRegistry>)>;
+    static REGISTRIES: Mutex<Option<Registries>> = Mutex::new(None);
+    let mut registries = REGISTRIES.lock().unwrap_or_else(|p| p.into_inner());
+    let registries = registries.get_or_insert_with(HashMap::new);
+    if let Some((_, registry)) = registries.get(name).filter(|(s, _)| *s == settings) {
+        return registry.clone();
+    }
+    let registry = Arc::new(HealthRegistry::new());
+    match settings.health_check() {
+        Some(check) => registry.set_health_check(Box::new(check)),
+        None => log::warn!("upstreams.{name}.health_check: cannot build the check request"),
+    }
+    registries.insert(name.to_string(), (settings, registry.clone()));
+    registry
 }
 
 /// `ip:port`, or `name:port` resolved to its first address; `shown` is how the

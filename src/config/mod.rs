@@ -86,6 +86,27 @@ fn validate(cx: &mut Cx<'_>, config: &Config) {
                 "at least one peer is needed",
             );
         }
+        if let Some(hc) = &upstream.health_check {
+            let valid = hc.path.value.starts_with('/')
+                && hc.path.value.parse::<http::uri::PathAndQuery>().is_ok();
+            if !valid {
+                cx.error_at(
+                    &format!("upstreams.{name}.health_check.path"),
+                    hc.path.mark,
+                    format!(
+                        "expected a path like \"/healthz\", found {}",
+                        hc.path.shown()
+                    ),
+                );
+            }
+            if hc.interval.is_some_and(|i| i.is_zero()) {
+                cx.error_at(
+                    &format!("upstreams.{name}.health_check.interval"),
+                    hc.path.mark,
+                    "must be longer than 0s",
+                );
+            }
+        }
     }
 
     let mut consumer_names = HashSet::new();

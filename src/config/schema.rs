@@ -191,7 +191,7 @@ decode_struct!(Timeouts {
 
 #[derive(Debug, Clone)]
 pub struct HealthCheck {
-    pub path: String,
+    pub path: Spanned<String>,
     pub interval: Option<Duration>,
 }
 decode_struct!(HealthCheck { path, interval });

@@ -1241,3 +1241,25 @@ fn aggregate_routes_refuse_body_methods_strip_prefix_and_no_parts() {
         "applies to `aggregate` routes only",
     );
 }
+
+#[test]
+fn health_check_paths_are_checked() {
+    let src = "\
+listen:
+  - addr: 127.0.0.1:8000
+upstreams:
+  users:
+    peers: [\"127.0.0.1:8001\"]
+    health_check: { path: healthz, interval: 2s }
+routes:
+  - { name: users, path: /users, upstream: users }
+";
+    let errors = load_errors(src);
+    assert_error(
+        single(&errors),
+        6,
+        27,
+        "upstreams.users.health_check.path",
+        "expected a path like \"/healthz\", found \"healthz\"",
+    );
+}

@@ -159,8 +159,11 @@ impl Backend {
                     }
                     let Ok(stream) = stream else { continue };
                     connections.fetch_add(1, Ordering::SeqCst);
-                    let (handler, received) = (handler.clone(), received.clone());
-                    std::thread::spawn(move || serve_connection(stream, &*handler, &received));
+                    let (handler, received, stop) =
+                        (handler.clone(), received.clone(), stop.clone());
+                    std::thread::spawn(move || {
+                        serve_connection(stream, &*handler, &received, &stop)
+                    });
                 }
             });
         }
@@ -182,7 +185,22 @@ impl Backend {
             .expect("the backend received a request")
     }
 
-    /// Stops accepting (connections already open are left to the client).
+    /// A new backend with `handler` on the address of a stopped one.
+    pub fn restart_on(
+        addr: SocketAddr,
+        handler: impl Fn(&Received) -> Answer + Send + Sync + 'static,
+    ) -> Backend {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match TcpListener::bind(addr) {
+                Ok(listener) => return Self::start_on(listener, handler),
+                Err(e) if Instant::now() > deadline => panic!("rebind {addr}: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+
+    /// Stops accepting, and closes open connections at their next request.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
         let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
@@ -195,7 +213,15 @@ impl Drop for Backend {
     }
 }
 
-fn serve_connection(stream: TcpStream, handler: &Handler, received: &Mutex<Vec<Received>>) {
+/// Serves one connection until the client closes it or the backend is stopped
+/// (a stopped backend closes its open connections at their next request, as a
+/// killed process would).
+fn serve_connection(
+    stream: TcpStream,
+    handler: &Handler,
+    received: &Mutex<Vec<Received>>,
+    stop: &AtomicBool,
+) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
     let mut reader = BufReader::new(match stream.try_clone() {
         Ok(s) => s,
@@ -206,6 +232,9 @@ fn serve_connection(stream: TcpStream, handler: &Handler, received: &Mutex<Vec<R
         let Some(req) = read_request(&mut reader) else {
             return;
         };
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
         let close = req
             .header("connection")
             .is_some_and(|c| c.eq_ignore_ascii_case("close"));
