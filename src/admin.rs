@@ -1,9 +1,12 @@
-//! The admin listener (SPEC §5): `GET /metrics`, `/healthz`, `/readyz`, and
-//! `POST /reload`. It has no authentication of its own: keep it on loopback or
+//! The admin listener (SPEC §5): `GET /metrics`, `/healthz`, `/readyz`,
+//! `/openapi.json`, and `POST /reload`. It has no authentication of its own: keep it on loopback or
 //! a private network.
 
+use crate::gateway::Gateway;
 use crate::metrics;
+use crate::openapi;
 use crate::reload::Reloader;
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
 use pingora_core::apps::http_app::ServeHttp;
@@ -15,6 +18,8 @@ use std::sync::Arc;
 const JSON: &str = "application/json";
 
 pub struct AdminApp {
+    /// The tables in force, for `/openapi.json`.
+    pub tables: Arc<ArcSwap<Gateway>>,
     /// Set once the gateway's listeners are bound; cleared when shutting down.
     pub ready: Arc<AtomicBool>,
     /// Reloads the config file; `None` when there is none (the demo).
@@ -87,6 +92,9 @@ impl ServeHttp for AdminApp {
                 "text/plain; version=0.0.4; charset=utf-8",
                 metrics::render(),
             ),
+            ("/openapi.json", _) => {
+                reply_json(StatusCode::OK, openapi::document(&self.tables.load()))
+            }
             ("/healthz", _) => reply_json(StatusCode::OK, json!({"status": "ok"})),
             ("/readyz", _) if self.ready.load(Ordering::Acquire) => reply_json(
                 StatusCode::OK,
@@ -99,7 +107,7 @@ impl ServeHttp for AdminApp {
             _ => error(
                 StatusCode::NOT_FOUND,
                 "not_found",
-                "the admin listener serves /metrics, /healthz, /readyz and POST /reload",
+                "the admin listener serves /metrics, /healthz, /readyz, /openapi.json and POST /reload",
             ),
         }
     }

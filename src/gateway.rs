@@ -52,6 +52,11 @@ pub enum Target {
 
 pub struct Route {
     pub name: String,
+    /// The path as written (`/overview/users/{id}`), for `/openapi.json`.
+    pub path: String,
+    pub exact: bool,
+    /// Methods allowed; `None`: any method.
+    pub methods: Option<Vec<Method>>,
     pub metrics: RouteMetrics,
     pub target: Target,
     /// Whether an API key is needed.
@@ -228,18 +233,22 @@ fn build(cx: &mut Cx<'_>, config: &Config) -> Gateway {
         // Aggregate parts are fetched with GET: other methods get 405.
         let default_methods =
             matches!(target, Target::Aggregate(_)).then(|| vec![Method::GET, Method::HEAD]);
+        let methods = r
+            .methods
+            .as_ref()
+            .map(|m| m.value.clone())
+            .or(default_methods);
         route_specs.push(RouteSpec {
             pattern,
             exact: r.exact.unwrap_or(false),
-            methods: r
-                .methods
-                .as_ref()
-                .map(|m| m.value.clone())
-                .or(default_methods),
+            methods: methods.clone(),
             host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
         });
         routes.push(Route {
             name: r.name.value.clone(),
+            path: r.path.value.clone(),
+            exact: r.exact.unwrap_or(false),
+            methods,
             metrics,
             target,
             needs_key: r.auth.unwrap_or_default() == config::AuthMode::ApiKey,

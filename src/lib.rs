@@ -16,6 +16,7 @@ pub mod gateway;
 pub mod health;
 pub mod limit;
 pub mod metrics;
+pub mod openapi;
 pub mod proxy;
 pub mod reload;
 pub mod reply;

@@ -189,6 +189,7 @@ pub fn assemble(
     let mut admin = Service::new(
         "admin".to_string(),
         AdminApp {
+            tables: tables.clone(),
             ready: ready.clone(),
             reloader: reloader.clone(),
         },

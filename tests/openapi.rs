@@ -1,0 +1,86 @@
+//! `/openapi.json`, black-box: generated from the running config, validated
+//! by the real `openapi-spec-validator` (PyPI), and following reloads.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+
+fn config(backend: &Backend, extra: &str) -> String {
+    format!(
+        "{head}auth: {{ header: x-client-key }}\n\
+         upstreams:\n  users:\n    peers: [\"{peer}\"]\n\
+         routes:\n\
+         \x20 - {{ name: users, path: /users, methods: [GET, POST], upstream: users }}\n\
+         \x20 - {{ name: user, path: \"/users/{{id}}/orders/{{order}}\", upstream: users, rate_limit: {{ requests: 5, per: 1s }} }}\n\
+         \x20 - name: overview\n    path: /overview/{{id}}\n    aggregate:\n      user: {{ upstream: users, path: \"/users/{{id}}\" }}\n\
+         \x20 - {{ name: health, path: /health, exact: true, auth: none, respond: {{ status: 200, body: ok }} }}\n{extra}",
+        head = config_head(),
+        peer = backend.addr,
+    )
+}
+
+fn validate(doc: &[u8]) {
+    let dir = temp_dir("openapi");
+    let file = dir.join("openapi.json");
+    std::fs::write(&file, doc).expect("write openapi.json");
+    let out = Command::new("python3")
+        .args(["-m", "openapi_spec_validator"])
+        .arg(&file)
+        .output()
+        .expect("run openapi-spec-validator (pip install openapi-spec-validator)");
+    assert!(
+        out.status.success(),
+        "openapi-spec-validator refused it:\n{}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(doc)
+    );
+}
+
+#[test]
+fn the_document_validates_and_describes_the_routes() {
+    let backend = Backend::echo();
+    let gw = Gateway::start(&config(&backend, ""));
+    let resp = get(gw.admin, "/openapi.json", &[]);
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("content-type"), Some("application/json"));
+    validate(&resp.body);
+
+    let doc = resp.json();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let scheme = &doc["components"]["securitySchemes"]["apiKey"];
+    assert_eq!(scheme["in"], "header");
+    assert_eq!(scheme["name"], "x-client-key", "the header of auth.header");
+    let op = &doc["paths"]["/users/{id}/orders/{order}"]["get"];
+    let names: Vec<&str> = op["parameters"]
+        .as_array()
+        .expect("parameters")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(names, ["id", "order"]);
+    assert_eq!(
+        op["responses"]["429"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/Error"
+    );
+    assert!(doc["paths"]["/overview/{id}"]["get"]["responses"]["default"]["content"].is_object());
+    assert!(
+        doc["paths"]["/overview/{id}"]["post"].is_null(),
+        "aggregate: GET and HEAD"
+    );
+    assert_eq!(
+        doc["paths"]["/health"]["get"]["security"],
+        serde_json::json!([])
+    );
+    assert!(doc["paths"]["/users"]["delete"].is_null());
+
+    // A reload shows up in the document.
+    gw.rewrite_config(&config(
+        &backend,
+        "  - { name: orders, path: /orders, upstream: users }\n",
+    ));
+    assert_eq!(gw.post_reload().status, 200);
+    let doc = get(gw.admin, "/openapi.json", &[]).json();
+    assert!(doc["paths"]["/orders"]["get"].is_object());
+}
