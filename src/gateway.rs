@@ -7,10 +7,12 @@ use crate::config::{self, Config, ConfigErrors, Cx};
 use crate::limit::{self, LimitSpec, Limiter};
 use crate::metrics::{RouteMetrics, UpstreamMetrics};
 use crate::router::{Lookup, Pattern, RouteSpec, Router, Segment};
+use crate::tls::{CertifiedKey, LoadError};
 use crate::upstream::Upstream;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -88,6 +90,8 @@ pub struct Gateway {
     pub secret_headers: Vec<HeaderName>,
     /// Metrics of requests that match no route (`route="none"`).
     pub unrouted: RouteMetrics,
+    /// TLS listeners' certificates, read with this config (a reload reads them again).
+    pub certificates: Vec<(SocketAddr, Arc<CertifiedKey>)>,
 }
 
 impl Gateway {
@@ -106,6 +110,14 @@ impl Gateway {
         Ok(gateway)
     }
 
+    /// The certificate a TLS listener serves.
+    pub fn certificate_for(&self, listener: SocketAddr) -> Option<&CertifiedKey> {
+        self.certificates
+            .iter()
+            .find(|(addr, _)| *addr == listener)
+            .map(|(_, cert)| cert.as_ref())
+    }
+
     /// Finds the route for a request.
     pub fn route(&self, method: &Method, path: &str, host: Option<&str>) -> Lookup {
         self.router.lookup(method, path, host)
@@ -113,7 +125,7 @@ impl Gateway {
 }
 
 fn build(cx: &mut Cx<'_>, config: &Config) -> Gateway {
-    reject_unimplemented(cx, config);
+    warn_unimplemented(config);
 
     let mut upstreams = Vec::new();
     let mut upstream_index = Vec::new();
@@ -291,7 +303,27 @@ fn build(cx: &mut Cx<'_>, config: &Config) -> Gateway {
         trusted_proxies: config.trusted_proxies.clone().unwrap_or_default(),
         secret_headers,
         unrouted: RouteMetrics::new("none"),
+        certificates: load_certificates(cx, config),
     }
+}
+
+/// Reads every TLS listener's certificate and key; a file that cannot be used
+/// is a config error at its field.
+fn load_certificates(cx: &mut Cx<'_>, config: &Config) -> Vec<(SocketAddr, Arc<CertifiedKey>)> {
+    let mut loaded = Vec::new();
+    for (i, listener) in config.listen.value.iter() {
+        let Some(tls) = &listener.tls else { continue };
+        match CertifiedKey::load(&tls.value.cert, &tls.value.key) {
+            Ok(cert) => loaded.push((listener.addr, Arc::new(cert))),
+            Err(LoadError::Cert(message)) => {
+                cx.error_at(&format!("listen[{i}].tls.cert"), tls.mark, message)
+            }
+            Err(LoadError::Key(message)) => {
+                cx.error_at(&format!("listen[{i}].tls.key"), tls.mark, message)
+            }
+        }
+    }
+    loaded
 }
 
 /// An aggregate route's parts: each part's upstream and path template, whose
@@ -351,22 +383,11 @@ fn build_aggregate(
     })
 }
 
-/// Features that parse but are not implemented yet are refused, not ignored:
-/// a TLS listener silently not served would mislead.
-fn reject_unimplemented(cx: &mut Cx<'_>, config: &Config) {
-    let later = "is not implemented in this version of portcullis";
+/// Features that parse but are not enforced yet are named, not silently ignored.
+fn warn_unimplemented(config: &Config) {
     // Pingora's defaults apply meanwhile; say so rather than stay silent.
     if config.limits.is_some() {
         log::warn!("`limits` is accepted but not enforced yet: Pingora's defaults apply");
-    }
-    for (i, l) in config.listen.value.iter() {
-        if let Some(tls) = &l.tls {
-            cx.error_at(
-                &format!("listen[{i}].tls"),
-                tls.mark,
-                format!("TLS listening {later}"),
-            );
-        }
     }
 }
 

@@ -22,4 +22,5 @@ pub mod reload;
 pub mod reply;
 pub mod router;
 pub mod server;
+pub mod tls;
 pub mod upstream;

@@ -86,6 +86,8 @@ pub struct RequestCtx {
     in_flight: bool,
     /// The rate-limit window the `ratelimit-*` headers describe.
     rate: Option<Window>,
+    /// Whether the client came over TLS (`x-forwarded-proto: https`).
+    https: bool,
 }
 
 impl RequestCtx {
@@ -494,7 +496,7 @@ fn rewrite_upstream_request(
         req.insert_header(name.clone(), value.clone())?;
     }
     req.insert_header(X_FORWARDED_FOR, ctx.forwarded_for.as_str())?;
-    req.insert_header(X_FORWARDED_PROTO, "http")?;
+    req.insert_header(X_FORWARDED_PROTO, if ctx.https { "https" } else { "http" })?;
     if let Some(host) = &original_host {
         req.insert_header(X_FORWARDED_HOST, host.clone())?;
     }
@@ -545,6 +547,7 @@ impl ProxyHttp for Portcullis {
             body_bytes: 0,
             in_flight: false,
             rate: None,
+            https: false,
         }
     }
 
@@ -574,6 +577,7 @@ impl ProxyHttp for Portcullis {
             ctx.client = Some(client);
             ctx.forwarded_for = chain;
         }
+        ctx.https = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let admitted = self.admit(session, ctx);
         ctx.metrics().in_flight.inc();
         ctx.in_flight = true;

@@ -10,9 +10,11 @@ use crate::gateway::Gateway;
 use crate::health::HealthChecker;
 use crate::proxy::{self, Portcullis};
 use crate::reload::Reloader;
+use crate::tls::ListenerCerts;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora_core::connectors::ConnectorOptions;
+use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
@@ -81,6 +83,8 @@ pub fn init_logging(config: &Config) {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     pub listen: Vec<SocketAddr>,
+    /// The listeners of `listen` that speak TLS (HTTP/2 by ALPN, and HTTP/1.1).
+    pub tls_listen: Vec<SocketAddr>,
     pub admin: SocketAddr,
     pub threads: usize,
     pub shutdown_grace: Duration,
@@ -91,7 +95,7 @@ impl Plan {
     /// The fields a reload cannot change that differ in `new`.
     pub fn changed_in(&self, new: &Plan) -> Vec<&'static str> {
         let mut changed = Vec::new();
-        if self.listen != new.listen {
+        if self.listen != new.listen || self.tls_listen != new.tls_listen {
             changed.push("listen");
         }
         if self.admin != new.admin {
@@ -118,6 +122,13 @@ impl Plan {
             .unwrap_or_else(|| SocketAddr::from((Ipv4Addr::LOCALHOST, 9100)));
         Plan {
             listen: config.listen.value.iter().map(|(_, l)| l.addr).collect(),
+            tls_listen: config
+                .listen
+                .value
+                .iter()
+                .filter(|(_, l)| l.tls.is_some())
+                .map(|(_, l)| l.addr)
+                .collect(),
             admin,
             threads: config
                 .threads
@@ -181,7 +192,21 @@ pub fn assemble(
         "portcullis",
     );
     for addr in &plan.listen {
-        proxy_service.add_tcp(&addr.to_string());
+        if !plan.tls_listen.contains(addr) {
+            proxy_service.add_tcp(&addr.to_string());
+            continue;
+        }
+        let certs = ListenerCerts {
+            addr: *addr,
+            tables: tables.clone(),
+        };
+        match TlsSettings::with_callbacks(Box::new(certs)) {
+            Ok(mut settings) => {
+                settings.enable_h2();
+                proxy_service.add_tls_with_settings(&addr.to_string(), None, settings);
+            }
+            Err(e) => log::error!("cannot set up TLS on {addr}: {e}; it is not served"),
+        }
     }
     server.add_service(proxy_service);
 

@@ -975,36 +975,21 @@ routes: []
 }
 
 #[test]
-fn unimplemented_features_are_refused() {
+fn tls_files_that_cannot_be_used_are_errors() {
     let src = "\
 listen:
   - addr: 127.0.0.1:8000
-    tls: { cert: /etc/tls.crt, key: /etc/tls.key }
-consumers:
-  - name: web
-    keys: [web-key]
-    rate_limit: { requests: 100, per: 1m }
-upstreams:
-  users:
-    peers: [\"127.0.0.1:8001\"]
+    tls: { cert: /nonexistent/tls.crt, key: /etc/tls.key }
 routes:
-  - name: users
-    path: /users
-    upstream: users
-    rate_limit: { requests: 10, per: 1s, by: consumer }
+  - { name: h, path: /, auth: none, respond: { status: 200 } }
 ";
     let errors = compile_errors(src);
-    let mut paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
-    paths.sort_unstable();
-    assert_eq!(paths, ["listen[0].tls"], "{}", render(&errors));
-    for e in &errors {
-        assert!(e.message.contains("is not implemented"), "{e}");
-    }
-    let lines: Vec<usize> = errors.iter().map(|e| e.line).collect();
-    assert!(
-        lines.windows(2).all(|w| w[0] <= w[1]),
-        "{}",
-        render(&errors)
+    assert_error(
+        single(&errors),
+        3,
+        10,
+        "listen[0].tls.cert",
+        "cannot read \"/nonexistent/tls.crt\"",
     );
 }
 

@@ -710,3 +710,66 @@ impl Drop for Redis {
         self.kill();
     }
 }
+
+/// A self-signed certificate for `name` (also valid for 127.0.0.1) and its
+/// key, written as PEM into `dir`; returns the two paths.
+pub fn self_signed(dir: &std::path::Path, name: &str) -> (PathBuf, PathBuf) {
+    use openssl::asn1::{Asn1Integer, Asn1Time};
+    use openssl::bn::BigNum;
+    use openssl::ec::{EcGroup, EcKey};
+    use openssl::hash::MessageDigest;
+    use openssl::nid::Nid;
+    use openssl::pkey::PKey;
+    use openssl::x509::extension::SubjectAlternativeName;
+    use openssl::x509::{X509NameBuilder, X509};
+
+    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).expect("curve");
+    let key = PKey::from_ec_key(EcKey::generate(&group).expect("ec key")).expect("pkey");
+    let mut subject = X509NameBuilder::new().expect("name");
+    subject.append_entry_by_text("CN", name).expect("cn");
+    let subject = subject.build();
+    let mut cert = X509::builder().expect("builder");
+    cert.set_version(2).expect("v3");
+    let serial: Asn1Integer = BigNum::from_u32(free_port().into())
+        .and_then(|n| n.to_asn1_integer())
+        .expect("serial");
+    cert.set_serial_number(&serial).expect("serial");
+    cert.set_subject_name(&subject).expect("subject");
+    cert.set_issuer_name(&subject).expect("issuer");
+    cert.set_pubkey(&key).expect("pubkey");
+    cert.set_not_before(&Asn1Time::days_from_now(0).expect("time"))
+        .expect("nb");
+    cert.set_not_after(&Asn1Time::days_from_now(2).expect("time"))
+        .expect("na");
+    let san = SubjectAlternativeName::new()
+        .dns(name)
+        .ip("127.0.0.1")
+        .build(&cert.x509v3_context(None, None))
+        .expect("san");
+    cert.append_extension(san).expect("extension");
+    cert.sign(&key, MessageDigest::sha256()).expect("sign");
+    let (cert_path, key_path) = (dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::write(&cert_path, cert.build().to_pem().expect("pem")).expect("write cert");
+    std::fs::write(&key_path, key.private_key_to_pem_pkcs8().expect("pem")).expect("write key");
+    (cert_path, key_path)
+}
+
+/// The common name of the certificate a TLS listener presents now.
+pub fn served_certificate_name(addr: SocketAddr) -> String {
+    use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+    let mut connector = SslConnector::builder(SslMethod::tls()).expect("connector");
+    connector.set_verify(SslVerifyMode::NONE);
+    let stream = TcpStream::connect(addr).expect("connect");
+    let tls = connector
+        .build()
+        .connect("localhost", stream)
+        .expect("TLS handshake");
+    let cert = tls.ssl().peer_certificate().expect("a certificate");
+    let name = cert
+        .subject_name()
+        .entries_by_nid(openssl::nid::Nid::COMMONNAME)
+        .next()
+        .map(|e| String::from_utf8_lossy(e.data().as_slice()).into_owned())
+        .expect("a common name");
+    name
+}

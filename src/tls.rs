@@ -1,0 +1,93 @@
+//! TLS listeners: certificates are loaded with the config (so `--test` and a
+//! reload check them) and kept in the tables; each handshake reads them from
+//! the tables in force, so a reload that reads new files serves them at once.
+
+use crate::gateway::Gateway;
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora_core::listeners::TlsAccept;
+use pingora_core::tls::ext;
+use pingora_core::tls::pkey::{PKey, Private};
+use pingora_core::tls::ssl::SslRef;
+use pingora_core::tls::x509::X509;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// A listener's certificate chain and key, read from its files.
+pub struct CertifiedKey {
+    /// Leaf first, then the intermediates.
+    chain: Vec<X509>,
+    key: PKey<Private>,
+}
+
+impl std::fmt::Debug for CertifiedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key.
+        f.debug_struct("CertifiedKey")
+            .field("certificates", &self.chain.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Which of the two files failed, and why.
+pub enum LoadError {
+    Cert(String),
+    Key(String),
+}
+
+impl CertifiedKey {
+    /// Reads a PEM chain and its PEM private key; they must belong together.
+    pub fn load(cert_path: &str, key_path: &str) -> Result<CertifiedKey, LoadError> {
+        let cert_pem = std::fs::read(cert_path)
+            .map_err(|e| LoadError::Cert(format!("cannot read {cert_path:?}: {e}")))?;
+        let chain = X509::stack_from_pem(&cert_pem)
+            .map_err(|_| LoadError::Cert(format!("{cert_path:?} holds no PEM certificate")))?;
+        let Some(leaf) = chain.first() else {
+            return Err(LoadError::Cert(format!(
+                "{cert_path:?} holds no PEM certificate"
+            )));
+        };
+        // The key is never put in a message, only its file's name.
+        let key_pem = std::fs::read(key_path)
+            .map_err(|e| LoadError::Key(format!("cannot read {key_path:?}: {e}")))?;
+        let key = PKey::private_key_from_pem(&key_pem)
+            .map_err(|_| LoadError::Key(format!("{key_path:?} holds no PEM private key")))?;
+        let matches = leaf.public_key().is_ok_and(|public| public.public_eq(&key));
+        if !matches {
+            return Err(LoadError::Key(format!(
+                "the key in {key_path:?} does not belong to the certificate in {cert_path:?}"
+            )));
+        }
+        Ok(CertifiedKey { chain, key })
+    }
+}
+
+/// Gives a TLS listener's handshakes the certificate of the tables in force.
+pub struct ListenerCerts {
+    pub addr: SocketAddr,
+    pub tables: Arc<ArcSwap<Gateway>>,
+}
+
+#[async_trait]
+impl TlsAccept for ListenerCerts {
+    async fn certificate_callback(&self, ssl: &mut SslRef) {
+        let tables = self.tables.load();
+        let Some(cert) = tables.certificate_for(self.addr) else {
+            log::warn!(
+                "no certificate for the TLS listener {}: handshake refused",
+                self.addr
+            );
+            return;
+        };
+        let mut chain = cert.chain.iter();
+        let installed = chain
+            .next()
+            .map(|leaf| ext::ssl_use_certificate(ssl, leaf))
+            .transpose()
+            .and_then(|_| ext::ssl_use_private_key(ssl, &cert.key))
+            .and_then(|_| chain.try_for_each(|c| ext::ssl_add_chain_cert(ssl, c)));
+        if let Err(e) = installed {
+            log::warn!("cannot install the certificate of {}: {e}", self.addr);
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! TLS, black-box: a TLS listener answering HTTP/1.1 and HTTP/2 (curl), its
+//! certificate re-read on reload, and TLS to upstreams.
+
+mod common;
+
+use common::*;
+use std::net::SocketAddr;
+use std::process::Command;
+
+/// A plain listener (`{listen}`) and a TLS one on `tls`, in front of `backend`.
+fn tls_config(
+    tls: SocketAddr,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    backend: SocketAddr,
+    route_extra: &str,
+) -> String {
+    format!(
+        "listen:\n  - addr: {{listen}}\n  - addr: {tls}\n    tls: {{ cert: \"{cert}\", key: \"{key}\" }}\n\
+         admin:\n  addr: {{admin}}\nthreads: 2\nshutdown_grace: 5s\n\
+         consumers:\n  - name: web\n    keys: [\"{KEY}\"]\n\
+         upstreams:\n  u:\n    peers: [\"{backend}\"]\n\
+         routes:\n  - {{ name: r, path: /, upstream: u{route_extra} }}\n",
+        cert = cert.display(),
+        key = key.display(),
+    )
+}
+
+/// `curl -k` against the TLS listener: (HTTP version, status, body).
+fn curl(version_flag: &str, url: &str) -> (String, String, String) {
+    let out = Command::new("curl")
+        .args(["-sk", version_flag, "-H", &format!("x-api-key: {KEY}")])
+        .args(["-w", "\n%{http_version} %{http_code}", url])
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, tail) = text.rsplit_once('\n').unwrap_or(("", &text));
+    let (version, code) = tail.split_once(' ').unwrap_or((tail, ""));
+    (version.to_string(), code.to_string(), body.to_string())
+}
+
+#[test]
+fn a_tls_listener_speaks_http1_and_http2_and_reloads_its_certificate() {
+    let backend = Backend::echo();
+    let dir = temp_dir("tls");
+    let (cert, key) = self_signed(&dir, "first.test");
+    let tls: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let gw = Gateway::start(&tls_config(tls, &cert, &key, backend.addr, ""));
+
+    let (version, code, body) = curl("--http1.1", &format!("https://{tls}/users/1"));
+    assert_eq!((version.as_str(), code.as_str()), ("1.1", "200"), "{body}");
+    let seen = backend.last();
+    assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
+    assert_eq!(seen.header("x-api-key"), None);
+
+    let (version, code, body) = curl("--http2", &format!("https://{tls}/users/2"));
+    assert_eq!((version.as_str(), code.as_str()), ("2", "200"), "{body}");
+    assert_eq!(backend.last().target, "/users/2");
+    // The plain listener still speaks plain HTTP.
+    assert_eq!(gw.get_with_key("/users/3").status, 200);
+
+    // New files, a reload, and the next handshake serves the new certificate.
+    assert_eq!(served_certificate_name(tls), "first.test");
+    self_signed(&dir, "second.test");
+    let resp = gw.post_reload();
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(served_certificate_name(tls), "second.test");
+
+    // A key that does not match its certificate is refused; the old pair stays.
+    let other = temp_dir("tls-other");
+    let (_, wrong_key) = self_signed(&other, "other.test");
+    std::fs::copy(&wrong_key, &key).expect("swap in the wrong key");
+    let resp = gw.post_reload();
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    assert!(resp.text().contains("listen[1].tls.key"), "{}", resp.text());
+    assert!(resp.text().contains("does not belong"), "{}", resp.text());
+    assert_eq!(served_certificate_name(tls), "second.test");
+}
+
+#[test]
+fn tls_to_upstreams_verifies_by_default() {
+    // The upstream is a second gateway's TLS listener (self-signed) in front
+    // of an echo backend.
+    let backend = Backend::echo();
+    let dir = temp_dir("tls-up");
+    let (cert, key) = self_signed(&dir, "backend.test");
+    let tls: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let _inner = Gateway::start(&tls_config(tls, &cert, &key, backend.addr, ", auth: none"));
+
+    let outer = |extra: &str| Gateway::start(&one_route_config(&[tls], extra, ""));
+    let gw = outer("    tls: true\n    sni: backend.test\n    verify: false\n");
+    let resp = gw.get_with_key("/users/9");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let seen = backend.last();
+    assert_eq!(seen.target, "/users/9");
+    assert_eq!(
+        seen.header("x-forwarded-proto"),
+        Some("https"),
+        "the inner gateway was reached over TLS"
+    );
+    assert_eq!(
+        seen.header("x-forwarded-host"),
+        Some("backend.test"),
+        "host is the sni"
+    );
+
+    let gw = outer("    tls: true\n    sni: backend.test\n");
+    let resp = gw.get_with_key("/users/9");
+    assert_eq!(
+        resp.status,
+        502,
+        "self-signed fails verification: {}",
+        resp.text()
+    );
+    assert_eq!(resp.error_code(), "bad_gateway");
+}
+
+#[test]
+fn unreadable_certificate_files_are_config_errors() {
+    let dir = temp_dir("tls-bad");
+    let config_path = dir.join("gateway.yaml");
+    std::fs::write(
+        &config_path,
+        "listen:\n  - addr: 127.0.0.1:1\n    tls: { cert: /nonexistent/tls.crt, key: /nonexistent/tls.key }\nroutes:\n  - { name: h, path: /, auth: none, respond: { status: 200 } }\n",
+    )
+    .expect("write");
+    let out = Command::new(BIN)
+        .arg("-c")
+        .arg(&config_path)
+        .arg("--test")
+        .output()
+        .expect("run --test");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "gateway.yaml:3:10: listen[0].tls.cert: cannot read \"/nonexistent/tls.crt\""
+        ),
+        "{stderr}"
+    );
+}
