@@ -615,7 +615,7 @@ impl ProxyHttp for Portcullis {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let gateway = ctx.gateway.clone();
@@ -646,7 +646,14 @@ impl ProxyHttp for Portcullis {
                 ctx.peer = Some(i);
                 ctx.tried.push(i);
                 ctx.upstream_started = Some(Instant::now());
-                Ok(upstream.http_peer(i, budget))
+                let mut peer = upstream.http_peer(i, budget);
+                if session.is_upgrade_req() {
+                    // A WebSocket may sit idle between frames far longer than a
+                    // read takes: only the idle timeout (and any route deadline) cuts it.
+                    let idle = upstream.timeouts.idle.max(upstream.timeouts.read);
+                    peer.options.read_timeout = Some(budget.map_or(idle, |b| b.min(idle)));
+                }
+                Ok(peer)
             }
             Err(NoPeer::AllUnhealthy) => {
                 ctx.refusal = Some(Refusal::NoHealthyUpstream);

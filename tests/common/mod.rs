@@ -287,7 +287,7 @@ fn serve_connection(
     }
 }
 
-fn read_head(reader: &mut impl BufRead) -> Option<(String, HashMap<String, String>)> {
+pub fn read_head(reader: &mut impl BufRead) -> Option<(String, HashMap<String, String>)> {
     let mut first = String::new();
     if reader.read_line(&mut first).ok()? == 0 {
         return None;
@@ -772,4 +772,100 @@ pub fn served_certificate_name(addr: SocketAddr) -> String {
         .map(|e| String::from_utf8_lossy(e.data().as_slice()).into_owned())
         .expect("a common name");
     name
+}
+
+/// A WebSocket echo server (RFC 6455, text and binary frames under 126 bytes):
+/// answers the upgrade, then sends every frame back. Records the upgrade requests.
+pub struct WsEcho {
+    pub addr: SocketAddr,
+    pub upgrades: Arc<Mutex<Vec<Received>>>,
+}
+
+const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// `sec-websocket-accept` for a `sec-websocket-key`.
+pub fn websocket_accept(key: &str) -> String {
+    let digest = openssl::sha::sha1(format!("{key}{WS_GUID}").as_bytes());
+    openssl::base64::encode_block(&digest)
+}
+
+impl WsEcho {
+    pub fn start() -> WsEcho {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind ws");
+        let addr = listener.local_addr().expect("addr");
+        let upgrades = Arc::new(Mutex::new(Vec::new()));
+        let seen = upgrades.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let seen = seen.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                    let mut writer = stream;
+                    let Some(req) = read_request(&mut reader) else {
+                        return;
+                    };
+                    let key = req
+                        .header("sec-websocket-key")
+                        .unwrap_or_default()
+                        .to_string();
+                    seen.lock().expect("lock").push(req);
+                    let head = format!(
+                        "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-accept: {}\r\n\r\n",
+                        websocket_accept(&key)
+                    );
+                    if writer.write_all(head.as_bytes()).is_err() {
+                        return;
+                    }
+                    while let Some((opcode, payload)) = read_frame(&mut reader) {
+                        if write_frame(&mut writer, opcode, &payload, None).is_err() || opcode == 8
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        WsEcho { addr, upgrades }
+    }
+}
+
+/// Reads one WebSocket frame (unmasking it): (opcode, payload).
+pub fn read_frame(reader: &mut impl Read) -> Option<(u8, Vec<u8>)> {
+    let mut head = [0u8; 2];
+    reader.read_exact(&mut head).ok()?;
+    let len = usize::from(head[1] & 0x7f);
+    if len >= 126 {
+        return None; // not needed by the tests
+    }
+    let mut mask = [0u8; 4];
+    if head[1] & 0x80 != 0 {
+        reader.read_exact(&mut mask).ok()?;
+    }
+    let mut payload = vec![0u8; len];
+    reader.read_exact(&mut payload).ok()?;
+    for (i, b) in payload.iter_mut().enumerate() {
+        *b ^= mask[i % 4];
+    }
+    Some((head[0] & 0x0f, payload))
+}
+
+/// Writes one final WebSocket frame; clients mask (`mask`), servers do not.
+pub fn write_frame(
+    writer: &mut impl Write,
+    opcode: u8,
+    payload: &[u8],
+    mask: Option<[u8; 4]>,
+) -> std::io::Result<()> {
+    assert!(payload.len() < 126, "short frames only");
+    let mut frame = vec![0x80 | opcode, payload.len() as u8];
+    match mask {
+        Some(m) => {
+            frame[1] |= 0x80;
+            frame.extend_from_slice(&m);
+            frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ m[i % 4]));
+        }
+        None => frame.extend_from_slice(payload),
+    }
+    writer.write_all(&frame)
 }
