@@ -30,6 +30,8 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 /// Where the admin listener goes when the config names none.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9100";
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long no request must be in flight before a draining gateway exits.
+const DRAIN_QUIET: Duration = Duration::from_millis(250);
 
 /// Pingora's own switches that our command line passes through.
 #[derive(Debug, Default, Clone, Copy)]
@@ -162,8 +164,11 @@ pub fn assemble(
     flags: ProcessFlags,
     config_file: Option<PathBuf>,
 ) -> Assembled {
+    let (pid_file, upgrade_sock) = process_files(config_file.as_deref(), &plan);
     let conf = ServerConf {
         threads: plan.threads,
+        pid_file,
+        upgrade_sock,
         // Pingora sleeps the whole grace period; our drain watcher exits as soon
         // as the last in-flight request is done (see `watch_shutdown`).
         grace_period_seconds: Some(plan.shutdown_grace.as_secs_f64().ceil() as u64),
@@ -231,6 +236,23 @@ pub fn assemble(
     }
 }
 
+/// The pid file (`--daemon`) and the socket `--upgrade` takes the listeners
+/// over, named after the config file (or the demo's listener): the old and new
+/// process of an upgrade agree on them, two gateways on one machine do not clash.
+fn process_files(config_file: Option<&std::path::Path>, plan: &Plan) -> (String, String) {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    match config_file {
+        Some(path) => std::fs::canonicalize(path)
+            .unwrap_or_else(|_| path.to_path_buf())
+            .hash(&mut hasher),
+        None => plan.listen.hash(&mut hasher),
+    }
+    let stem = std::env::temp_dir().join(format!("portcullis-{:016x}", hasher.finish()));
+    let stem = stem.display();
+    (format!("{stem}.pid"), format!("{stem}.upgrade.sock"))
+}
+
 /// Runs until shutdown; returns when the server has stopped.
 pub fn run(assembled: Assembled) {
     let Assembled {
@@ -250,6 +272,10 @@ pub fn run(assembled: Assembled) {
             .join(", "),
         plan.admin,
         plan.threads
+    );
+    log::info!(
+        "zero-downtime upgrade: start the new binary with --upgrade and the same config, then send SIGQUIT here (hand-over socket {})",
+        server.configuration.upgrade_sock
     );
     let tables_for_checks = tables.clone();
     // Background services, not threads: threads started before `run` would be
@@ -296,6 +322,20 @@ impl BackgroundService for Lifecycle {
                 None
             }
         };
+        // SIGQUIT is Pingora's upgrade hand-over: noted here so the drain below
+        // leaves the old process to Pingora's own timeline.
+        let upgrading = Arc::new(AtomicBool::new(false));
+        match signal(SignalKind::quit()) {
+            Ok(mut quits) => {
+                let upgrading = upgrading.clone();
+                tokio::spawn(async move {
+                    if quits.recv().await.is_some() {
+                        upgrading.store(true, Ordering::Release);
+                    }
+                });
+            }
+            Err(e) => log::warn!("cannot watch for SIGQUIT: {e}"),
+        }
         self.tables.load().limiter.warm_up().await;
         // `/readyz` turns ready once every proxy listener accepts connections.
         while !*shutdown.borrow() {
@@ -319,13 +359,24 @@ impl BackgroundService for Lifecycle {
                 Some(()) = next_hangup(&mut hangups) => self.reload_on_hangup().await,
             }
         }
-        // Pingora closes the listeners, then sleeps the whole grace period; SPEC §2
-        // wants "up to": exit 0 as soon as no request is in flight.
         self.ready.store(false, Ordering::Release);
+        if upgrading.load(Ordering::Acquire) {
+            // A new process serves already: Pingora's own timeline (the whole
+            // grace period) costs nothing and lets every accepted connection
+            // be answered.
+            return;
+        }
+        // Pingora closes the listeners, then sleeps the whole grace period; SPEC §2
+        // wants "up to": exit 0 once no request has been in flight for a moment
+        // (a connection accepted just before the close still gets read).
         let started = Instant::now();
-        // Requests on connections accepted just before the signal get read first.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        while proxy::in_flight() > 0 && started.elapsed() < self.grace {
+        let mut quiet_since: Option<Instant> = None;
+        while started.elapsed() < self.grace {
+            if proxy::in_flight() > 0 {
+                quiet_since = None;
+            } else if quiet_since.get_or_insert_with(Instant::now).elapsed() >= DRAIN_QUIET {
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         log::info!(
