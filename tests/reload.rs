@@ -195,3 +195,25 @@ fn rate_limit_counts_survive_a_reload_that_adds_a_route() {
         "a reload does not hand out a fresh quota"
     );
 }
+
+#[test]
+fn pooled_upstream_connections_survive_a_reload() {
+    let backend = Backend::echo();
+    let gw = Gateway::start(&config(&backend, ""));
+    for _ in 0..10 {
+        assert_eq!(gw.get_with_key("/users").status, 200);
+    }
+    let opened = || backend.connections.load(Ordering::SeqCst);
+    let before = opened();
+    gw.rewrite_config(&config(&backend, ORDERS_ROUTE));
+    assert_eq!(gw.post_reload().status, 200);
+    for _ in 0..10 {
+        assert_eq!(gw.get_with_key("/users").status, 200);
+        assert_eq!(gw.get_with_key("/orders").status, 200);
+    }
+    assert_eq!(
+        opened(),
+        before,
+        "the unchanged upstream's pooled connections served the new tables"
+    );
+}
