@@ -30,6 +30,8 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 /// Where the admin listener goes when the config names none.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9100";
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Idle upstream connections kept per worker thread (Pingora's default: 128).
+const KEEPALIVE_POOL_PER_THREAD: usize = 1024;
 /// How long no request must be in flight before a draining gateway exits.
 const DRAIN_QUIET: Duration = Duration::from_millis(250);
 
@@ -169,6 +171,10 @@ pub fn assemble(
         threads: plan.threads,
         pid_file,
         upgrade_sock,
+        // Idle upstream connections kept per worker thread. Pingora's 128 is too
+        // few for hundreds of concurrent clients: every request past it would
+        // open (and close) its own upstream connection.
+        upstream_keepalive_pool_size: KEEPALIVE_POOL_PER_THREAD,
         // Pingora sleeps the whole grace period; our drain watcher exits as soon
         // as the last in-flight request is done (see `watch_shutdown`).
         grace_period_seconds: Some(plan.shutdown_grace.as_secs_f64().ceil() as u64),

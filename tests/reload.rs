@@ -202,13 +202,19 @@ fn pooled_upstream_connections_survive_a_reload() {
     let gw = Gateway::start(&config(&backend, ""));
     for _ in 0..10 {
         assert_eq!(gw.get_with_key("/users").status, 200);
+        std::thread::sleep(Duration::from_millis(20));
     }
     let opened = || backend.connections.load(Ordering::SeqCst);
     let before = opened();
     gw.rewrite_config(&config(&backend, ORDERS_ROUTE));
     assert_eq!(gw.post_reload().status, 200);
+    // A connection returns to the pool just after its answer: give it the
+    // moment, so that only a dropped pool could open a new one.
+    let settle = || std::thread::sleep(Duration::from_millis(20));
     for _ in 0..10 {
+        settle();
         assert_eq!(gw.get_with_key("/users").status, 200);
+        settle();
         assert_eq!(gw.get_with_key("/orders").status, 200);
     }
     assert_eq!(

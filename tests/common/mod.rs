@@ -51,6 +51,8 @@ pub struct Received {
     /// Lower-case names; repeated headers keep the last value.
     pub headers: HashMap<String, String>,
     pub body: Vec<u8>,
+    /// 0 for the first request on its connection, 1 for the next, …
+    pub on_connection: usize,
 }
 
 impl Received {
@@ -228,10 +230,11 @@ fn serve_connection(
         Err(_) => return,
     });
     let mut writer = stream;
-    loop {
-        let Some(req) = read_request(&mut reader) else {
+    for on_connection in 0.. {
+        let Some(mut req) = read_request(&mut reader) else {
             return;
         };
+        req.on_connection = on_connection;
         if stop.load(Ordering::SeqCst) {
             return;
         }
@@ -350,6 +353,7 @@ fn read_request(reader: &mut impl BufRead) -> Option<Received> {
         target,
         headers,
         body,
+        on_connection: 0,
     })
 }
 
@@ -575,13 +579,30 @@ impl Gateway {
         std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
     }
 
-    /// Access-log lines parsed as JSON (waits briefly for the writer).
+    /// Access-log lines parsed as JSON, once the writer has settled: lines are
+    /// written after the answer and in batches, so wait until some are there
+    /// and none has come for 200 ms (at most 5 s).
     pub fn access_log(&self) -> Vec<serde_json::Value> {
-        std::thread::sleep(Duration::from_millis(100));
-        self.stdout()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        let read = || -> Vec<serde_json::Value> {
+            self.stdout()
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect()
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut lines = read();
+        let mut stable_since = Instant::now();
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(25));
+            let now = read();
+            if now.len() != lines.len() {
+                lines = now;
+                stable_since = Instant::now();
+            } else if !lines.is_empty() && stable_since.elapsed() >= Duration::from_millis(200) {
+                break;
+            }
+        }
+        lines
     }
 
     pub fn signal(&self, sig: &str) {

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Portcullis against nginx on the same job, in one run: route by path, check the
+# API key, inject the gateway secret, proxy to a keep-alive backend (an nginx
+# answering fixed JSON). Loads each in turn with wrk (and oha when installed) at
+# 50 and 500 connections and prints req/s, p50, p99 and the ratios
+# Portcullis/nginx and Portcullis/direct backend, as a table and one JSON line.
+#
+# Pinning: backend and the proxy under test share CPU 0 (one worker each), the
+# load generator runs on CPU 1. Bounded: 3 targets x 2 loads x SECS (default 5)
+# seconds, plus start-up. Stops only what it started.
+# Needs: nginx, wrk (Debian packages nginx-light, wrk) and a release build.
+source "$(dirname "$0")/lib.sh"
+SECS=${SECS:-5}
+LOADS=${LOADS:-"50 500"}
+need nginx wrk
+release_build
+
+backend=$(free_port); gw=$(free_port); admin=$(free_port); ngx=$(free_port)
+start_backend "$backend" 0
+
+# Portcullis: one worker thread, the job and nothing else.
+cat > "$work/portcullis.yaml" <<YAML
+listen: [{ addr: "127.0.0.1:$gw" }]
+admin: { addr: "127.0.0.1:$admin" }
+threads: 1
+log: { level: warn }
+consumers: [{ name: bench, keys: ["bench-key"] }]
+upstreams:
+  users:
+    peers: ["127.0.0.1:$backend"]
+    headers: { x-gateway-secret: "bench-secret" }
+routes:
+  - { name: users, path: /users, upstream: users }
+YAML
+start_portcullis "$gw" "$work/portcullis.yaml" 0
+
+# nginx doing the same job: the key checked with a map, the secret set, the
+# client's key removed, keep-alive to the backend.
+cat > "$work/nginx-gw.conf" <<NGINX
+worker_processes 1; daemon off; pid $work/nginx-gw.pid; error_log $work/nginx-gw.err;
+events { worker_connections 4096; }
+http { access_log off;
+  map \$http_x_api_key \$key_ok { default 0; "bench-key" 1; }
+  upstream users { server 127.0.0.1:$backend; keepalive 256; }
+  server { listen 127.0.0.1:$ngx; keepalive_requests 100000;
+    location /users {
+      if (\$key_ok = 0) { return 401 '{"error":"invalid_api_key"}'; }
+      proxy_pass http://users;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header x-api-key "";
+      proxy_set_header x-gateway-secret "bench-secret";
+      proxy_set_header x-forwarded-for \$remote_addr;
+    } } }
+NGINX
+taskset -c 0 nginx -c "$work/nginx-gw.conf" -p "$work" & pids+=($!)
+wait_port "$ngx"
+
+# Checks the job is done before measuring it: 200 with the key, 401 without.
+for port in "$gw" "$ngx"; do
+  ok=$(curl -s -o /dev/null -w '%{http_code}' -H 'x-api-key: bench-key' "http://127.0.0.1:$port/users/1")
+  no=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/users/1")
+  [ "$ok" = 200 ] && [ "$no" = 401 ] || { echo "port $port does not do the job ($ok/$no)" >&2; exit 1; }
+done
+
+# wrk with latency percentiles -> "req/s p50_ms p99_ms"
+to_ms() { python3 -c "
+import re,sys
+v=sys.argv[1]; m=re.match(r'([0-9.]+)(us|ms|s)',v)
+n,u=float(m.group(1)),m.group(2)
+print(round(n/1000 if u=='us' else n*1000 if u=='s' else n,3))" "$1"; }
+measure() { # url conns
+  local out rps p50 p99
+  out=$(taskset -c 1 wrk -t1 -c"$2" -d"${SECS}s" --latency -H 'x-api-key: bench-key' "$1")
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  echo "$rps $(to_ms "$p50") $(to_ms "$p99")"
+}
+
+declare -A result
+for conns in $LOADS; do
+  result[direct_$conns]=$(measure "http://127.0.0.1:$backend/users/1" "$conns")
+  result[nginx_$conns]=$(measure "http://127.0.0.1:$ngx/users/1" "$conns")
+  result[portcullis_$conns]=$(measure "http://127.0.0.1:$gw/users/1" "$conns")
+done
+
+printf '%-12s %6s %12s %9s %9s %10s %10s\n' target conns req/s p50_ms p99_ms "/nginx" "/direct"
+json="{\"tool\":\"wrk\",\"seconds\":$SECS"
+for conns in $LOADS; do
+  read -r d_rps _ _ <<<"${result[direct_$conns]}"
+  read -r n_rps _ _ <<<"${result[nginx_$conns]}"
+  for target in direct nginx portcullis; do
+    read -r rps p50 p99 <<<"${result[${target}_$conns]}"
+    printf '%-12s %6s %12s %9s %9s %10s %10s\n' "$target" "$conns" "$rps" "$p50" "$p99" \
+      "$(ratio "$rps" "$n_rps")" "$(ratio "$rps" "$d_rps")"
+    json+=",\"${target}_${conns}\":{\"rps\":$rps,\"p50_ms\":$p50,\"p99_ms\":$p99}"
+  done
+  read -r p_rps _ _ <<<"${result[portcullis_$conns]}"
+  json+=",\"ratio_nginx_$conns\":$(ratio "$p_rps" "$n_rps"),\"ratio_direct_$conns\":$(ratio "$p_rps" "$d_rps")"
+done
+echo "$json}"
+
+if command -v oha >/dev/null; then
+  for conns in $LOADS; do
+    for target in "nginx:$ngx" "portcullis:$gw"; do
+      rps=$(taskset -c 1 oha -z "${SECS}s" -c "$conns" --no-tui -H 'x-api-key: bench-key' \
+        "http://127.0.0.1:${target#*:}/users/1" | awk '/Requests\/sec/ {print $2}')
+      echo "oha ${target%%:*} c=$conns: $rps req/s"
+    done
+  done
+fi
