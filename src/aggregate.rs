@@ -12,7 +12,7 @@ use percent_encoding::{percent_decode_str, percent_encode, AsciiSet, NON_ALPHANU
 use pingora_core::connectors::http::Connector;
 use pingora_core::connectors::ConnectorOptions;
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_core::{Error, ErrorType};
+use pingora_core::Error;
 use pingora_http::RequestHeader;
 use std::time::{Duration, Instant};
 
@@ -254,19 +254,10 @@ enum AttemptError {
 
 impl AttemptError {
     fn from_pingora(e: &Error, reused: bool) -> AttemptError {
-        match e.etype() {
-            ErrorType::ConnectTimedout
-            | ErrorType::ConnectRefused
-            | ErrorType::ConnectNoRoute
-            | ErrorType::ConnectError
-            | ErrorType::TLSHandshakeFailure
-            | ErrorType::TLSHandshakeTimedout
-            | ErrorType::InvalidCert
-            | ErrorType::HandshakeError
-            | ErrorType::SocketError
-            | ErrorType::BindError => AttemptError::Connect,
-            ErrorType::ReadTimedout | ErrorType::WriteTimedout => AttemptError::Timeout,
-            _ => {
+        match UpstreamErrorKind::of(e) {
+            UpstreamErrorKind::Connect => AttemptError::Connect,
+            UpstreamErrorKind::Timeout => AttemptError::Timeout,
+            UpstreamErrorKind::Protocol => {
                 let mut retry = e.retry;
                 retry.decide_reuse(reused);
                 if retry.retry() {

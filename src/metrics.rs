@@ -184,6 +184,28 @@ pub enum UpstreamErrorKind {
     Protocol,
 }
 
+impl UpstreamErrorKind {
+    /// The kind of a Pingora error met talking to an upstream: failures to
+    /// connect (TCP or TLS), timeouts, and anything else.
+    pub fn of(e: &pingora_core::Error) -> UpstreamErrorKind {
+        use pingora_core::ErrorType;
+        match e.etype() {
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout => UpstreamErrorKind::Timeout,
+            ErrorType::ConnectTimedout
+            | ErrorType::ConnectRefused
+            | ErrorType::ConnectNoRoute
+            | ErrorType::ConnectError
+            | ErrorType::TLSHandshakeFailure
+            | ErrorType::TLSHandshakeTimedout
+            | ErrorType::InvalidCert
+            | ErrorType::HandshakeError
+            | ErrorType::SocketError
+            | ErrorType::BindError => UpstreamErrorKind::Connect,
+            _ => UpstreamErrorKind::Protocol,
+        }
+    }
+}
+
 /// A route's handles to the per-upstream families.
 #[derive(Clone)]
 pub struct UpstreamMetrics {

@@ -409,23 +409,6 @@ fn refusal_for(e: &Error, ctx: &RequestCtx) -> Option<Refusal> {
     }
 }
 
-fn upstream_error_kind(e: &Error) -> UpstreamErrorKind {
-    match e.etype() {
-        ErrorType::ReadTimedout | ErrorType::WriteTimedout => UpstreamErrorKind::Timeout,
-        ErrorType::ConnectTimedout
-        | ErrorType::ConnectRefused
-        | ErrorType::ConnectNoRoute
-        | ErrorType::ConnectError
-        | ErrorType::TLSHandshakeFailure
-        | ErrorType::TLSHandshakeTimedout
-        | ErrorType::InvalidCert
-        | ErrorType::HandshakeError
-        | ErrorType::SocketError
-        | ErrorType::BindError => UpstreamErrorKind::Connect,
-        _ => UpstreamErrorKind::Protocol,
-    }
-}
-
 /// The client's request as every aggregate part's starting point: GET over
 /// HTTP/1.1, asking for JSON, without the body's framing, an upgrade, or the
 /// conditional and range headers that could make an answer partial or empty.
@@ -870,7 +853,7 @@ impl ProxyHttp for Portcullis {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         if e.esource() == &ErrorSource::Upstream {
-            let kind = upstream_error_kind(e);
+            let kind = UpstreamErrorKind::of(e);
             // Connect failures were counted per attempt in `fail_to_connect`.
             if kind != UpstreamErrorKind::Connect {
                 if let Some(Route {
