@@ -197,17 +197,22 @@ pub fn judge(status: u16, body: Bytes) -> PartOutcome {
     Ok(body)
 }
 
-/// The merged answer, one member per part in config order; `None` when every
-/// part failed (the gateway then answers 502).
+/// A part's name as a JSON object key (quoted and escaped), made at load.
+pub fn member_key(name: &str) -> String {
+    serde_json::Value::from(name).to_string()
+}
+
+/// The merged answer, one member per part in config order, each under its
+/// [`member_key`]; `None` when every part failed (the gateway then answers 502).
 pub fn merge<'a>(parts: impl IntoIterator<Item = (&'a str, &'a PartOutcome)>) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(256);
     let mut any_ok = false;
     out.push(b'{');
-    for (i, (name, outcome)) in parts.into_iter().enumerate() {
+    for (i, (key, outcome)) in parts.into_iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        out.extend(serde_json::Value::from(name).to_string().into_bytes());
+        out.extend_from_slice(key.as_bytes());
         out.push(b':');
         match outcome {
             Ok(body) => {
@@ -228,6 +233,8 @@ pub fn merge<'a>(parts: impl IntoIterator<Item = (&'a str, &'a PartOutcome)>) ->
 /// One part of an aggregate route, compiled.
 pub struct Part {
     pub name: String,
+    /// `name` as the merged answer's JSON key.
+    pub member_key: String,
     /// Index into the gateway's upstreams.
     pub upstream: usize,
     pub template: PartTemplate,
@@ -605,7 +612,9 @@ mod tests {
     fn merge_keeps_part_order_and_reports_failures() {
         let user: PartOutcome = Ok(Bytes::from_static(b" {\"id\":1}\n"));
         let orders: PartOutcome = Err(PartFailure::GATEWAY_TIMEOUT);
-        let merged = merge([("user", &user), ("orders", &orders)]).expect("one part ok");
+        let (user_key, orders_key) = (member_key("user"), member_key("orders"));
+        let merged = merge([(user_key.as_str(), &user), (orders_key.as_str(), &orders)])
+            .expect("one part ok");
         let v: serde_json::Value = serde_json::from_slice(&merged).expect("json");
         assert_eq!(v["user"]["id"], 1);
         assert_eq!(v["orders"]["error"], "gateway_timeout");
@@ -617,7 +626,7 @@ mod tests {
     #[test]
     fn names_are_escaped_and_all_failed_is_none() {
         let ok: PartOutcome = Ok(Bytes::from_static(b"true"));
-        let merged = merge([("a\"b", &ok)]).expect("ok");
+        let merged = merge([(member_key("a\"b").as_str(), &ok)]).expect("ok");
         let v: serde_json::Value = serde_json::from_slice(&merged).expect("json");
         assert_eq!(v["a\"b"], true);
         let failed: PartOutcome = Err(PartFailure::BAD_GATEWAY);

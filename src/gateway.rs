@@ -366,6 +366,7 @@ fn build_aggregate(
         }
         built.push(Part {
             name: name.to_string(),
+            member_key: aggregate::member_key(name),
             upstream,
             template,
             metrics: metrics.upstream(upstream_name),

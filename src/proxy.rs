@@ -238,8 +238,8 @@ impl Portcullis {
                 .await
         };
         ctx.upstream_elapsed = Some(started.elapsed());
-        let names = aggregate.parts.iter().map(|part| part.name.as_str());
-        match aggregate::merge(names.zip(&outcomes)) {
+        let keys = aggregate.parts.iter().map(|part| part.member_key.as_str());
+        match aggregate::merge(keys.zip(&outcomes)) {
             Some(body) => {
                 let json = [(CONTENT_TYPE, HeaderValue::from_static("application/json"))];
                 self.respond(session, ctx, route, 200, &Bytes::from(body), &json)
