@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 /// How often the schedule is looked at: the finest interval that means anything.
@@ -29,6 +29,8 @@ impl BackgroundService for HealthChecker {
         // When each upstream (by name, so it outlives a reload) was last checked.
         let mut last_run: HashMap<String, Instant> = HashMap::new();
         let mut exported: HashSet<(String, String)> = HashSet::new();
+        // The tables `peer_up` was last published for: a reload republishes.
+        let mut published_for: Weak<Gateway> = Weak::new();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -56,8 +58,13 @@ impl BackgroundService for HealthChecker {
             for upstream in &due {
                 last_run.insert(upstream.name.clone(), now);
             }
+            let reloaded = !Weak::ptr_eq(&published_for, &Arc::downgrade(&tables));
+            if due.is_empty() && !reloaded {
+                continue; // nothing can have changed since the last publication
+            }
             futures::future::join_all(due.iter().map(|u| u.run_health_check())).await;
             publish_peer_state(&tables, &mut exported);
+            published_for = Arc::downgrade(&tables);
         }
     }
 }

@@ -14,7 +14,7 @@ use pingora_load_balancing::{Backend, Backends, HealthRegistry, LoadBalancer};
 use std::collections::{BTreeSet, HashMap};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 /// How many candidates a balancer may look at before giving up.
@@ -361,9 +361,8 @@ impl CheckSettings {
 fn health_registry(name: &str, settings: CheckSettings) -> Arc<HealthRegistry> {
     /// Upstream name → the settings its registry checks with, and the registry.
     type Registries = HashMap<String, (CheckSettings, Arc<HealthRegistry>)>;
-    static REGISTRIES: Mutex<Option<Registries>> = Mutex::new(None);
+    static REGISTRIES: LazyLock<Mutex<Registries>> = LazyLock::new(Default::default);
     let mut registries = REGISTRIES.lock().unwrap_or_else(|p| p.into_inner());
-    let registries = registries.get_or_insert_with(HashMap::new);
     if let Some((_, registry)) = registries.get(name).filter(|(s, _)| *s == settings) {
         return registry.clone();
     }
