@@ -13,12 +13,7 @@ release_build
 
 backend=$(free_port); port=$(free_port); admin=$(free_port)
 start_backend "$backend"
-cat > "$work/gateway.yaml" <<YAML
-listen: [{ addr: "127.0.0.1:$port" }]
-admin: { addr: "127.0.0.1:$admin" }
-threads: 1
-log: { level: warn }
-consumers: [{ name: bench, keys: ["bench-key"] }]
+{ portcullis_head "$port" "$admin"; cat <<YAML
 upstreams: { b: { peers: ["127.0.0.1:$backend"] } }
 routes:
   - { name: proxied, path: /users, upstream: b }
@@ -28,6 +23,7 @@ routes:
       user: { upstream: b, path: "/users/{id}" }
       orders: { upstream: b, path: "/orders?user_id={id}" }
 YAML
+} > "$work/gateway.yaml"
 start_portcullis "$port" "$work/gateway.yaml"
 
 declare -a proxied_runs aggregate_runs

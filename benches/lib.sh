@@ -31,6 +31,18 @@ NGINX
   wait_port "$1"
 }
 
+# The head every bench config shares: listener, admin, one worker thread, quiet
+# process log, the consumer wrk's `x-api-key: bench-key` belongs to.
+portcullis_head() { # port admin_port
+  cat <<YAML
+listen: [{ addr: "127.0.0.1:$1" }]
+admin: { addr: "127.0.0.1:$2" }
+threads: 1
+log: { level: warn }
+consumers: [{ name: bench, keys: ["bench-key"] }]
+YAML
+}
+
 # Portcullis with config file $2, on CPU $3 (default 0); waits for port $1.
 start_portcullis() { # port config [cpu]
   taskset -c "${3:-0}" "$BIN" -c "$2" >/dev/null 2>"$2.err" & pids+=($!)

@@ -19,12 +19,7 @@ backend=$(free_port); gw=$(free_port); admin=$(free_port); ngx=$(free_port)
 start_backend "$backend" 0
 
 # Portcullis: one worker thread, the job and nothing else.
-cat > "$work/portcullis.yaml" <<YAML
-listen: [{ addr: "127.0.0.1:$gw" }]
-admin: { addr: "127.0.0.1:$admin" }
-threads: 1
-log: { level: warn }
-consumers: [{ name: bench, keys: ["bench-key"] }]
+{ portcullis_head "$gw" "$admin"; cat <<YAML
 upstreams:
   users:
     peers: ["127.0.0.1:$backend"]
@@ -32,6 +27,7 @@ upstreams:
 routes:
   - { name: users, path: /users, upstream: users }
 YAML
+} > "$work/portcullis.yaml"
 start_portcullis "$gw" "$work/portcullis.yaml" 0
 
 # nginx doing the same job: the key checked with a map, the secret set, the

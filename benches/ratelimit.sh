@@ -18,18 +18,14 @@ wait_port "$redis"
 
 start_gateway() { # name, store section
   local port admin; port=$(free_port); admin=$(free_port)
-  cat > "$work/$1.yaml" <<YAML
-listen: [{ addr: "127.0.0.1:$port" }]
-admin: { addr: "127.0.0.1:$admin" }
-threads: 1
-log: { level: warn }
-consumers: [{ name: bench, keys: ["bench-key"] }]
+  { portcullis_head "$port" "$admin"; cat <<YAML
 $2
 upstreams: { b: { peers: ["127.0.0.1:$backend"] } }
 routes:
   - { name: free, path: /free, upstream: b }
   - { name: limited, path: /limited, upstream: b, rate_limit: { requests: 100000000, per: 1s } }
 YAML
+} > "$work/$1.yaml"
   start_portcullis "$port" "$work/$1.yaml"
   echo "$port"
 }
