@@ -74,14 +74,6 @@ pub fn connection_listed(value: &str) -> impl Iterator<Item = &str> {
     value.split(',').map(str::trim).filter(|s| !s.is_empty())
 }
 
-/// Whether a raw HTTP/1 request head has a `content-length` header line.
-pub fn declares_content_length(head: &[u8]) -> bool {
-    const NAME: &[u8] = b"content-length:";
-    head.split(|&b| b == b'\n')
-        .skip(1)
-        .any(|line| line.len() >= NAME.len() && line[..NAME.len()].eq_ignore_ascii_case(NAME))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,17 +114,5 @@ mod tests {
         let id = new_request_id();
         assert!(is_valid_request_id(id.as_bytes()));
         assert_ne!(id, new_request_id());
-    }
-
-    #[test]
-    fn content_length_is_found_in_a_raw_head() {
-        let head = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
-        assert!(declares_content_length(head));
-        assert!(!declares_content_length(
-            b"POST /content-length: HTTP/1.1\r\nhost: a\r\n\r\n"
-        ));
-        assert!(!declares_content_length(
-            b"POST / HTTP/1.1\r\nx-content-length: 5\r\n\r\n"
-        ));
     }
 }

@@ -92,6 +92,61 @@ pub struct Gateway {
     pub unrouted: RouteMetrics,
     /// TLS listeners' certificates, read with this config (a reload reads them again).
     pub certificates: Vec<(SocketAddr, Arc<CertifiedKey>)>,
+    pub client_limits: ClientLimits,
+}
+
+/// What a client connection may take (`limits:`, SPEC §3), with the safe defaults.
+/// Read per connection, so a reload changes them for new connections and requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// Request line and headers; larger: 431.
+    pub max_header_bytes: usize,
+    /// The whole head must arrive within this; else the connection is closed.
+    pub header_read_timeout: Duration,
+    /// A keep-alive connection idle longer than this is closed.
+    pub idle_timeout: Duration,
+    /// Concurrent client connections; beyond: accepted, then closed.
+    pub max_connections: usize,
+}
+
+/// Pingora refuses a head past 1 MiB with its own plain 400, whatever we allow.
+const PINGORA_MAX_HEAD: usize = 1_048_575;
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        ClientLimits {
+            max_header_bytes: 32 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+        }
+    }
+}
+
+impl ClientLimits {
+    fn from_config(conf: Option<&config::Limits>) -> Self {
+        let default = ClientLimits::default();
+        let Some(conf) = conf else {
+            return default;
+        };
+        ClientLimits {
+            max_header_bytes: conf.max_header_bytes.as_ref().map_or(
+                default.max_header_bytes,
+                |b| {
+                    usize::try_from(b.0)
+                        .unwrap_or(usize::MAX)
+                        .min(PINGORA_MAX_HEAD)
+                },
+            ),
+            header_read_timeout: conf
+                .header_read_timeout
+                .unwrap_or(default.header_read_timeout),
+            idle_timeout: conf.idle_timeout.unwrap_or(default.idle_timeout),
+            max_connections: conf.max_connections.map_or(default.max_connections, |n| {
+                usize::try_from(n).unwrap_or(usize::MAX)
+            }),
+        }
+    }
 }
 
 impl Gateway {
@@ -125,8 +180,6 @@ impl Gateway {
 }
 
 fn build(cx: &mut Cx<'_>, config: &Config) -> Gateway {
-    warn_unimplemented(config);
-
     let mut upstreams = Vec::new();
     let mut upstream_index = Vec::new();
     for (name, conf) in config.upstreams.iter().flat_map(|t| t.iter()) {
@@ -304,6 +357,7 @@ fn build(cx: &mut Cx<'_>, config: &Config) -> Gateway {
         secret_headers,
         unrouted: RouteMetrics::new("none"),
         certificates: load_certificates(cx, config),
+        client_limits: ClientLimits::from_config(config.limits.as_ref()),
     }
 }
 
@@ -382,14 +436,6 @@ fn build_aggregate(
             }),
         upstreams_label: upstream_names.join(","),
     })
-}
-
-/// Features that parse but are not enforced yet are named, not silently ignored.
-fn warn_unimplemented(config: &Config) {
-    // Pingora's defaults apply meanwhile; say so rather than stay silent.
-    if config.limits.is_some() {
-        log::warn!("`limits` is accepted but not enforced yet: Pingora's defaults apply");
-    }
 }
 
 /// The rate-limit store of `rate_limit:` (local when omitted).

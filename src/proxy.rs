@@ -32,13 +32,19 @@ use std::time::{Duration, Instant};
 /// shutdown exits as soon as this reaches zero.
 static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 
-/// Logs a store failure at most once a second: an outage must not flood the log.
-fn warn_store_error(e: &crate::limit::StoreError) {
-    static LAST: AtomicU64 = AtomicU64::new(0);
+/// Whether a warning last given at `last` (seconds) may be given again now: an
+/// outage or a flood must not flood the log too.
+pub fn once_a_second(last: &AtomicU64) -> bool {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    if LAST.swap(now, Ordering::Relaxed) != now {
+    last.swap(now, Ordering::Relaxed) != now
+}
+
+/// Logs a store failure at most once a second.
+fn warn_store_error(e: &crate::limit::StoreError) {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    if once_a_second(&LAST) {
         log::warn!("{e}; applying on_store_error");
     }
 }
@@ -292,15 +298,6 @@ impl Portcullis {
     fn admit(&self, session: &Session, ctx: &mut RequestCtx) -> std::result::Result<(), Refusal> {
         let gw = &ctx.gateway;
         let req = session.req_header();
-        // Both framings at once is the request-smuggling shape: refuse it. Pingora
-        // has already dropped the content-length (RFC 9112 §6.3), so look at the
-        // raw head, only when a transfer-encoding is there (rare, so free).
-        if req.headers.contains_key(http::header::TRANSFER_ENCODING) {
-            let raw = session.as_http1().map(|h1| h1.get_headers_raw_bytes());
-            if raw.is_some_and(|head| forward::declares_content_length(&head)) {
-                return Err(Refusal::BadRequest);
-            }
-        }
         let route_index = match gw.route(&req.method, req.uri.path(), request_host(req)) {
             Lookup::Found(i) => i,
             Lookup::MethodNotAllowed(allow) => return Err(Refusal::MethodNotAllowed { allow }),
@@ -756,9 +753,14 @@ impl ProxyHttp for Portcullis {
             peer,
         )?;
         let req = upstream_request;
-        if let Some(n) = route.strip_segments {
-            let path = strip_segments(session.req_header().uri.path(), n);
-            let uri = match session.req_header().uri.query() {
+        // Origin-form for the upstream: strip_prefix, and an absolute-form target
+        // (`GET http://host/path`) is sent as its path (the host is in `host`).
+        let client_uri = &session.req_header().uri;
+        if route.strip_segments.is_some() || client_uri.scheme().is_some() {
+            let path = route
+                .strip_segments
+                .map_or(client_uri.path(), |n| strip_segments(client_uri.path(), n));
+            let uri = match client_uri.query() {
                 Some(q) => format!("{path}?{q}"),
                 None => path.to_string(),
             };

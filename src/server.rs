@@ -6,6 +6,7 @@ use crate::access_log;
 use crate::admin::AdminApp;
 use crate::aggregate::FanOut;
 use crate::config::{Config, LogFormat, LogLevel};
+use crate::connection::ClientConnections;
 use crate::gateway::Gateway;
 use crate::health::HealthChecker;
 use crate::proxy::{self, Portcullis};
@@ -197,11 +198,15 @@ pub fn assemble(
         log_format: plan.log_format,
         fan_out: FanOut::new(ConnectorOptions::from_server_conf(&server.configuration)),
     };
-    let mut proxy_service = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        portcullis,
-        "portcullis",
-    );
+    let mut proxy = pingora_proxy::http_proxy(&server.configuration, portcullis);
+    // HTTP/1 heads are bounded in `connection.rs`; HTTP/2 header lists here,
+    // with the size the config had at start (Pingora reads it once).
+    let mut h2 = pingora_core::protocols::http::v2::server::default_h2_options();
+    let max_head = tables.load().client_limits.max_header_bytes;
+    h2.max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX));
+    proxy.h2_options = Some(h2);
+    let connections = ClientConnections::new(proxy, tables.clone(), plan.log_format);
+    let mut proxy_service = Service::new("portcullis".to_string(), connections);
     for addr in &plan.listen {
         if !plan.tls_listen.contains(addr) {
             proxy_service.add_tcp(&addr.to_string());

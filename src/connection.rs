@@ -1,0 +1,322 @@
+//! Client connections, before Pingora's HTTP layer reads them: the connection
+//! limit, the header-read and idle timeouts, and the head check of [`crate::head`]
+//! for every HTTP/1 request, refused with the gateway's own JSON 400 or 431
+//! (SPEC §3 `limits`, §4).
+//!
+//! Pingora reads a head with a fresh 60 s timeout per read, allows 1 MiB and
+//! answers a malformed one with a bare 400 that no hook sees. So this layer reads
+//! the head itself, judges it, and hands the bytes to Pingora's session as already
+//! read (`set_pipelined_prefix`): no second read, no copy. HTTP/2 connections (TLS
+//! with ALPN h2) go straight to Pingora: h2 framing has no length ambiguity, and
+//! its header list is bounded by the proxy's `h2_options`.
+
+use crate::access_log::{self, Entry};
+use crate::config::LogFormat;
+use crate::forward;
+use crate::gateway::{ClientLimits, Gateway};
+use crate::head::{self, Verdict};
+use crate::proxy::Portcullis;
+use crate::reply::Refusal;
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::BytesMut;
+use http::Method;
+use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::{Stream, ALPN};
+use pingora_core::server::ShutdownWatch;
+use pingora_proxy::HttpProxy;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The first read buffer of a request head; Pingora's own initial size.
+const HEAD_BUFFER: usize = 4096;
+/// How long a refusal may take to write, and how long the unread rest of the
+/// request is drained after it so the close does not reset the answer away.
+const REFUSAL_WRITE: Duration = Duration::from_secs(5);
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+const REFUSAL_LINGER_BYTES: usize = 64 * 1024;
+
+/// The gateway's listening app: guards each client connection, then lets the
+/// Pingora proxy serve its requests.
+pub struct ClientConnections {
+    pub proxy: Arc<HttpProxy<Portcullis>>,
+    pub tables: Arc<ArcSwap<Gateway>>,
+    pub log_format: LogFormat,
+    open: AtomicUsize,
+}
+
+impl ClientConnections {
+    pub fn new(
+        proxy: HttpProxy<Portcullis>,
+        tables: Arc<ArcSwap<Gateway>>,
+        log_format: LogFormat,
+    ) -> Self {
+        ClientConnections {
+            proxy: Arc::new(proxy),
+            tables,
+            log_format,
+            open: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// One open client connection, counted against `max_connections` while it lives.
+struct OpenConnection<'a>(&'a AtomicUsize);
+
+impl<'a> OpenConnection<'a> {
+    fn enter(open: &'a AtomicUsize, max: usize) -> Option<Self> {
+        if open.fetch_add(1, Ordering::AcqRel) >= max {
+            open.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(OpenConnection(open))
+    }
+}
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What reading a request head came to.
+enum Head {
+    /// A complete head that passed [`head::inspect`], and whatever followed it.
+    Ready(BytesMut),
+    /// The client closed, went quiet past a timeout, or the server is stopping.
+    Gone,
+    /// Answer this refusal and close; `why` is for the log.
+    Refused {
+        refusal: Refusal,
+        why: &'static str,
+        read: BytesMut,
+    },
+}
+
+#[async_trait]
+impl ServerApp for ClientConnections {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let limits = self.tables.load().client_limits;
+        let Some(_open) = OpenConnection::enter(&self.open, limits.max_connections) else {
+            warn_connection_refused(limits.max_connections);
+            return None; // dropping the stream closes it
+        };
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            return ServerApp::process_new(&self.proxy, stream, shutdown).await;
+        }
+        self.serve_http1(stream, shutdown).await;
+        None
+    }
+
+    async fn cleanup(&self) {
+        self.proxy.http_cleanup().await;
+    }
+}
+
+impl ClientConnections {
+    /// Serves one HTTP/1 connection's requests, one head at a time.
+    async fn serve_http1(&self, mut stream: Stream, shutdown: &ShutdownWatch) {
+        let mut settings: Option<HttpPersistentSettings> = None;
+        let mut first = true;
+        loop {
+            let limits = self.tables.load().client_limits;
+            let read = match read_head(&mut stream, &limits, first, shutdown).await {
+                Head::Ready(read) => read,
+                Head::Gone => return,
+                Head::Refused { refusal, why, read } => {
+                    return self.refuse(stream, refusal, why, &read).await;
+                }
+            };
+            first = false;
+            let mut session = ServerSession::new_http1(stream);
+            if let Some(settings) = settings.take() {
+                settings.apply_to_session(&mut session);
+            }
+            // Idle time between requests is ours to enforce (`read_head`); this
+            // only tells Pingora the connection may be kept alive.
+            let keepalive = (!*shutdown.borrow()).then(|| limits.idle_timeout.as_secs().max(1));
+            session.set_keepalive(keepalive);
+            if let ServerSession::H1(h1) = &mut session {
+                h1.set_pipelined_prefix(read);
+            }
+            let Some(reused) = self.proxy.process_new_http(session, shutdown).await else {
+                return;
+            };
+            (stream, settings) = reused.consume();
+        }
+    }
+
+    /// Answers a refused head with the gateway's JSON, logs and counts it as a
+    /// request that matched no route, and closes the connection.
+    async fn refuse(&self, mut stream: Stream, refusal: Refusal, why: &str, read: &[u8]) {
+        let started = Instant::now();
+        let gw = self.tables.load();
+        let request_id = forward::new_request_id();
+        let status = refusal.status();
+        let body = refusal.body(&request_id);
+        let reason = http::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("");
+        let mut answer = format!(
+            "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\nx-request-id: {request_id}\r\nconnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        answer.extend_from_slice(&body);
+        let client = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        log::debug!("refused a request head from {client:?}: {why}");
+
+        let written = tokio::time::timeout(REFUSAL_WRITE, async {
+            stream.write_all(&answer).await?;
+            stream.flush().await?;
+            stream.shutdown().await
+        })
+        .await;
+        if matches!(written, Ok(Ok(()))) {
+            linger(&mut stream).await;
+        }
+
+        let (method, path) = request_line(read);
+        gw.unrouted.count_request(
+            &Method::from_bytes(method.as_bytes()).unwrap_or(Method::GET),
+            status,
+        );
+        gw.unrouted
+            .duration
+            .observe(started.elapsed().as_secs_f64());
+        let line = Entry {
+            request_id: &request_id,
+            client: client.map(|c| c.to_string()),
+            method: &method,
+            path: &path,
+            route: &gw.unrouted.route,
+            consumer: None,
+            status,
+            upstream: None,
+            peer: None,
+            upstream_status: None,
+            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+            upstream_ms: None,
+            bytes_in: 0,
+            bytes_out: body.len() as u64,
+            error: Some(refusal.code()),
+        }
+        .render(self.log_format);
+        access_log::write(line);
+    }
+}
+
+/// Reads one request head. A new connection has `header_read_timeout` from its
+/// accept for the whole head; a kept-alive one may first idle `idle_timeout`,
+/// and then has `header_read_timeout` from its first byte. Slow drips gain
+/// nothing: the deadline is for the whole head, not per read.
+async fn read_head(
+    stream: &mut Stream,
+    limits: &ClientLimits,
+    first: bool,
+    shutdown: &ShutdownWatch,
+) -> Head {
+    let mut read = BytesMut::with_capacity(HEAD_BUFFER);
+    let mut shutdown = shutdown.clone();
+    let mut deadline = Instant::now()
+        + if first {
+            limits.header_read_timeout
+        } else {
+            limits.idle_timeout
+        };
+    loop {
+        if read.capacity() - read.len() < HEAD_BUFFER / 4 {
+            read.reserve(HEAD_BUFFER);
+        }
+        let idle = read.is_empty();
+        let got = tokio::time::timeout_at(deadline.into(), async {
+            if idle {
+                // Between requests a stopping server closes the connection.
+                tokio::select! {
+                    biased;
+                    n = stream.read_buf(&mut read) => n.ok(),
+                    _ = shutdown.wait_for(|stopping| *stopping) => None,
+                }
+            } else {
+                stream.read_buf(&mut read).await.ok()
+            }
+        })
+        .await;
+        match got {
+            Ok(Some(n)) if n > 0 => {}
+            _ => return Head::Gone,
+        }
+        if idle && !first {
+            deadline = Instant::now() + limits.header_read_timeout;
+        }
+        match head::inspect(&read, limits.max_header_bytes) {
+            Verdict::Incomplete => {}
+            Verdict::Complete(_) => return Head::Ready(read),
+            Verdict::TooLarge => {
+                return Head::Refused {
+                    refusal: Refusal::HeadersTooLarge,
+                    why: "request head too large",
+                    read,
+                }
+            }
+            Verdict::Malformed(why) => {
+                return Head::Refused {
+                    refusal: Refusal::BadRequest,
+                    why,
+                    read,
+                }
+            }
+        }
+    }
+}
+
+/// Reads and drops what the client still sends, for a moment, so closing with
+/// unread bytes does not reset the connection before the client has the answer.
+async fn linger(stream: &mut Stream) {
+    let mut sink = [0u8; 4096];
+    let mut drained = 0;
+    let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+        while drained < REFUSAL_LINGER_BYTES {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    })
+    .await;
+}
+
+/// The method and path (without query) of a refused head, for the access log,
+/// as far as they can be read; bounded so a huge target does not flood the log.
+fn request_line(read: &[u8]) -> (String, String) {
+    const MAX_LOGGED: usize = 256;
+    let line = read.split(|&b| b == b'\n').next().unwrap_or_default();
+    let mut parts = line.split(|&b| b == b' ');
+    let method = parts.next().unwrap_or_default();
+    let target = parts.next().unwrap_or_default();
+    let path = target.split(|&b| b == b'?').next().unwrap_or_default();
+    let text = |bytes: &[u8]| {
+        let bytes = &bytes[..bytes.len().min(MAX_LOGGED)];
+        String::from_utf8_lossy(bytes).escape_default().to_string()
+    };
+    (text(&method[..method.len().min(16)]), text(path))
+}
+
+/// Logs connections refused over `max_connections`, at most once a second.
+fn warn_connection_refused(max: usize) {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    if crate::proxy::once_a_second(&LAST) {
+        log::warn!("{max} client connections open (limits.max_connections): closing new ones");
+    }
+}
