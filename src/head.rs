@@ -58,10 +58,11 @@ pub fn inspect(buf: &[u8], max_head: usize) -> Verdict {
     let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
         return Verdict::Malformed("malformed request line");
     };
-    if let Err(why) = check_target(method, target) {
-        return Verdict::Malformed(why);
-    }
-    if let Err(why) = check_headers(req.headers, version) {
+    let authority = match check_target(method, target) {
+        Ok(authority) => authority,
+        Err(why) => return Verdict::Malformed(why),
+    };
+    if let Err(why) = check_headers(req.headers, version, authority) {
         return Verdict::Malformed(why);
     }
     Verdict::Complete(end)
@@ -94,23 +95,27 @@ fn bad_line_ends(head: &[u8]) -> Option<&'static str> {
 /// The request target: origin-form (`/path?query`), absolute-form
 /// (`http://host/path`, RFC 9112 §3.2.2 says a server must accept it), `*` for
 /// OPTIONS, or an authority for CONNECT (which Pingora refuses itself).
-fn check_target(method: &str, target: &str) -> Result<(), &'static str> {
+/// Returns the authority of an absolute-form target, which `host` must equal.
+fn check_target<'a>(method: &str, target: &'a str) -> Result<Option<&'a str>, &'static str> {
     if method == "CONNECT" {
-        return Ok(());
+        return Ok(None);
     }
     if target == "*" {
         return if method == "OPTIONS" {
-            Ok(())
+            Ok(None)
         } else {
             Err("`*` target is only for OPTIONS")
         };
     }
-    let path_and_query = if target.starts_with('/') {
-        target
+    let (authority, path_and_query) = if target.starts_with('/') {
+        (None, target)
     } else if let Some(after_scheme) = strip_http_scheme(target) {
-        after_scheme
-            .find(['/', '?'])
-            .map_or("/", |i| &after_scheme[i..])
+        let end = after_scheme.find(['/', '?']).unwrap_or(after_scheme.len());
+        let (authority, rest) = after_scheme.split_at(end);
+        if authority.is_empty() || authority.contains('@') {
+            return Err("bad authority in request target");
+        }
+        (Some(authority), if rest.is_empty() { "/" } else { rest })
     } else {
         return Err("request target is not a path");
     };
@@ -120,7 +125,8 @@ fn check_target(method: &str, target: &str) -> Result<(), &'static str> {
     let path = path_and_query
         .split_once('?')
         .map_or(path_and_query, |(path, _)| path);
-    check_path(path)
+    check_path(path)?;
+    Ok(authority)
 }
 
 /// What follows `http://` or `https://` (any case), if the target starts so.
@@ -178,7 +184,11 @@ pub fn check_path(path: &str) -> Result<(), &'static str> {
 }
 
 /// Framing and host: one way to read the body's length, one host.
-fn check_headers(headers: &[httparse::Header<'_>], version: u8) -> Result<(), &'static str> {
+fn check_headers(
+    headers: &[httparse::Header<'_>],
+    version: u8,
+    authority: Option<&str>,
+) -> Result<(), &'static str> {
     let mut content_length: Option<&[u8]> = None;
     let mut transfer_encodings = 0;
     let mut hosts = 0;
@@ -201,6 +211,9 @@ fn check_headers(headers: &[httparse::Header<'_>], version: u8) -> Result<(), &'
             }
             transfer_encodings += 1;
         } else if name.eq_ignore_ascii_case(b"host") {
+            if authority.is_some_and(|a| a.as_bytes() != header.value) {
+                return Err("host differs from the request target's authority");
+            }
             hosts += 1;
         }
     }
@@ -356,6 +369,10 @@ mod tests {
         assert_eq!(check_path("/a%2"), Err("broken percent-encoding"));
         let absolute = "GET http://a/public/../admin HTTP/1.1\r\nhost: a\r\n\r\n";
         assert!(matches!(verdict(absolute), Verdict::Malformed(_)));
+        let elsewhere = "GET http://b/public HTTP/1.1\r\nhost: a\r\n\r\n";
+        assert!(refused(elsewhere).contains("authority"));
+        refused("GET http://u@a/ HTTP/1.1\r\nhost: a\r\n\r\n");
+        refused("GET http:///x HTTP/1.1\r\nhost: a\r\n\r\n");
         refused("GET /a#frag HTTP/1.1\r\nhost: a\r\n\r\n");
         refused("GET users HTTP/1.1\r\nhost: a\r\n\r\n");
         refused("GET * HTTP/1.1\r\nhost: a\r\n\r\n");

@@ -755,8 +755,10 @@ impl ProxyHttp for Portcullis {
         let req = upstream_request;
         // Origin-form for the upstream: strip_prefix, and an absolute-form target
         // (`GET http://host/path`) is sent as its path (the host is in `host`).
-        let client_uri = &session.req_header().uri;
-        if route.strip_segments.is_some() || client_uri.scheme().is_some() {
+        let client = session.req_header();
+        let absolute_form = !client.raw_path().starts_with(b"/") && client.raw_path() != b"*";
+        let client_uri = &client.uri;
+        if route.strip_segments.is_some() || absolute_form {
             let path = route
                 .strip_segments
                 .map_or(client_uri.path(), |n| strip_segments(client_uri.path(), n));

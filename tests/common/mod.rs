@@ -312,7 +312,7 @@ pub fn read_head(reader: &mut impl BufRead) -> Option<(String, HashMap<String, S
     Some((first.trim_end().to_string(), headers))
 }
 
-fn read_body(
+pub fn read_body(
     reader: &mut impl BufRead,
     headers: &HashMap<String, String>,
     until_close: bool,
