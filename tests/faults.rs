@@ -8,6 +8,9 @@ use common::*;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Seconds since the start, the path, and the status (0: no answer at all).
+type Outcome = (f64, &'static str, u16);
+
 #[test]
 fn a_backend_killed_mid_load_fails_only_its_own_requests_and_recovers() {
     let slow_ok = |_: &Received| Answer::json(200, "{}").after(Duration::from_millis(5));
@@ -25,8 +28,7 @@ fn a_backend_killed_mid_load_fails_only_its_own_requests_and_recovers() {
     );
     let gw = Gateway::start(&config);
 
-    // (seconds since start, path, status or 0 for no answer at all)
-    let outcomes: Arc<Mutex<Vec<(f64, &'static str, u16)>>> = Arc::default();
+    let outcomes: Arc<Mutex<Vec<Outcome>>> = Arc::default();
     let started = Instant::now();
     let run_for = Duration::from_secs(4);
     let clients: Vec<_> = (0..4)
