@@ -32,14 +32,16 @@ pub fn inspect(buf: &[u8], max_head: usize) -> Verdict {
     if let Some(why) = bad_line_ends(head) {
         return Verdict::Malformed(why);
     }
+    // Leading empty lines count: a client sending nothing but CRLFs must hit the
+    // limit like any other, and Pingora counts them against its own limit too.
     let Some(end) = end else {
-        return if buf.len() - start > max_head {
+        return if buf.len() > max_head {
             Verdict::TooLarge
         } else {
             Verdict::Incomplete
         };
     };
-    if end - start > max_head {
+    if end > max_head {
         return Verdict::TooLarge;
     }
 
@@ -112,7 +114,7 @@ fn check_target<'a>(method: &str, target: &'a str) -> Result<Option<&'a str>, &'
     } else if let Some(after_scheme) = strip_http_scheme(target) {
         let end = after_scheme.find(['/', '?']).unwrap_or(after_scheme.len());
         let (authority, rest) = after_scheme.split_at(end);
-        if authority.is_empty() || authority.contains('@') {
+        if authority.is_empty() || authority.contains(['@', '#']) {
             return Err("bad authority in request target");
         }
         (Some(authority), if rest.is_empty() { "/" } else { rest })
@@ -139,9 +141,10 @@ fn strip_http_scheme(target: &str) -> Option<&str> {
 }
 
 /// Refuses a path that, once percent-decoded (with `\` read as `/`, as some
-/// backends do), has a `.` or `..` segment, a NUL, or a broken `%` escape. Routes
-/// match the raw path, so a backend that resolves `/public/..%2Fadmin` to `/admin`
-/// would otherwise serve a route the gateway never checked.
+/// backends do), has a `.` or `..` segment (also with `;params`, which Java
+/// servers strip), a NUL, or a broken `%` escape. Routes match the raw path, so a
+/// backend that resolves `/public/..%2Fadmin` to `/admin` would otherwise serve a
+/// route the gateway never checked. HTTP/2 paths are checked too (`proxy.rs`).
 pub fn check_path(path: &str) -> Result<(), &'static str> {
     let raw = path.as_bytes();
     // The common path has nothing to decode and no dot at all: one scan.
@@ -170,7 +173,8 @@ pub fn check_path(path: &str) -> Result<(), &'static str> {
         match byte {
             Some(0) => return Err("NUL in path"),
             Some(b'/' | b'\\') | None => {
-                if segment == b"." || segment == b".." {
+                let name = segment.split(|&b| b == b';').next().unwrap_or_default();
+                if name == b"." || name == b".." {
                     return Err("dot-segment in path");
                 }
                 segment.clear();
@@ -196,7 +200,8 @@ fn check_headers(
         let name = header.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
             let value = header.value;
-            if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+            // 18 digits: every such number fits the i64 Pingora reads it into.
+            if value.is_empty() || value.len() > 18 || !value.iter().all(u8::is_ascii_digit) {
                 return Err("invalid content-length");
             }
             if content_length.is_some_and(|seen| seen != value) {
@@ -295,7 +300,7 @@ mod tests {
             ("content-length: +3", "invalid content-length"),
             ("content-length: ", "invalid content-length"),
             (
-                "content-length: 99999999999999999999",
+                "content-length: 9999999999999999999",
                 "invalid content-length",
             ),
             ("transfer-encoding: xchunked", "unsupported"),
@@ -359,6 +364,9 @@ mod tests {
             "/public/..%5Cadmin",
             "/public\\..\\admin",
             "/public/.%2e/admin",
+            "/public/..;/admin",
+            "/public/%2e%2e;x=1/admin",
+            "/public/.;/x",
         ] {
             assert_eq!(check_path(path), Err("dot-segment in path"), "{path}");
             let head = format!("GET {path}?q=1 HTTP/1.1\r\nhost: a\r\n\r\n");
@@ -373,6 +381,7 @@ mod tests {
         assert!(refused(elsewhere).contains("authority"));
         refused("GET http://u@a/ HTTP/1.1\r\nhost: a\r\n\r\n");
         refused("GET http:///x HTTP/1.1\r\nhost: a\r\n\r\n");
+        refused("GET http://a#/x HTTP/1.1\r\nhost: a#\r\n\r\n");
         refused("GET /a#frag HTTP/1.1\r\nhost: a\r\n\r\n");
         refused("GET users HTTP/1.1\r\nhost: a\r\n\r\n");
         refused("GET * HTTP/1.1\r\nhost: a\r\n\r\n");
@@ -392,6 +401,10 @@ mod tests {
         // Too large is known before the end arrives.
         let partial = format!("GET /{} HTTP/1.1\r\n", "a".repeat(200));
         assert_eq!(inspect(partial.as_bytes(), 100), Verdict::TooLarge);
+        // Empty lines before the request line count too: CRLFs alone hit the limit.
+        assert_eq!(inspect(&b"\r\n".repeat(51), 100), Verdict::TooLarge);
+        let late = format!("{}GET / HTTP/1.1\r\nhost: a\r\n\r\n", "\r\n".repeat(50));
+        assert_eq!(inspect(late.as_bytes(), 100), Verdict::TooLarge);
         let many: String = (0..=MAX_HEADERS).map(|i| format!("x{i}: 1\r\n")).collect();
         let head = format!("GET / HTTP/1.1\r\nhost: a\r\n{many}\r\n");
         assert_eq!(verdict(&head), Verdict::TooLarge);

@@ -298,6 +298,11 @@ impl Portcullis {
     fn admit(&self, session: &Session, ctx: &mut RequestCtx) -> std::result::Result<(), Refusal> {
         let gw = &ctx.gateway;
         let req = session.req_header();
+        // HTTP/1 heads were judged whole in `connection.rs`; an HTTP/2 path is
+        // judged here, so no protocol can climb out of a route's prefix.
+        if crate::head::check_path(req.uri.path()).is_err() {
+            return Err(Refusal::BadRequest);
+        }
         let route_index = match gw.route(&req.method, req.uri.path(), request_host(req)) {
             Lookup::Found(i) => i,
             Lookup::MethodNotAllowed(allow) => return Err(Refusal::MethodNotAllowed { allow }),

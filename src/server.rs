@@ -205,6 +205,11 @@ pub fn assemble(
     let max_head = tables.load().client_limits.max_header_bytes;
     h2.max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX));
     proxy.h2_options = Some(h2);
+    // An idle HTTP/2 connection is closed like an idle HTTP/1 one, or it would
+    // hold a `max_connections` slot for ever.
+    let mut options = pingora_core::apps::HttpServerOptions::default();
+    options.h2_idle_timeout = Some(tables.load().client_limits.idle_timeout);
+    proxy.server_options = Some(options);
     let connections = ClientConnections::new(proxy, tables.clone(), plan.log_format);
     let mut proxy_service = Service::new("portcullis".to_string(), connections);
     for addr in &plan.listen {

@@ -139,3 +139,38 @@ fn unreadable_certificate_files_are_config_errors() {
         "{stderr}"
     );
 }
+
+#[test]
+fn http2_paths_cannot_climb_out_of_a_route_prefix_either() {
+    let backend = Backend::echo();
+    let dir = temp_dir("tls-h2-path");
+    let (cert, key) = self_signed(&dir, "h2.test");
+    let tls: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let _gw = Gateway::start(&tls_config(tls, &cert, &key, backend.addr, ""));
+    for path in [
+        "/users/../admin",
+        "/users/%2e%2e/admin",
+        "/users/..%2Fadmin",
+        "/users/..;/admin",
+    ] {
+        let out = Command::new("curl")
+            .args([
+                "-sk",
+                "--http2",
+                "--path-as-is",
+                "-H",
+                &format!("x-api-key: {KEY}"),
+            ])
+            .args([
+                "-w",
+                "\n%{http_version} %{http_code}",
+                &format!("https://{tls}{path}"),
+            ])
+            .output()
+            .expect("run curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(text.ends_with("\n2 400"), "{path}: {text}");
+        assert!(text.contains("\"error\":\"bad_request\""), "{path}: {text}");
+    }
+    assert!(backend.requests().is_empty(), "nothing reached the backend");
+}
