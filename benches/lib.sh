@@ -3,7 +3,7 @@
 # Everything started through `spawn` is stopped on exit; nothing else is touched.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-BIN=target/release/portcullis
+BIN=${PORTCULLIS_BIN:-target/release/portcullis}
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }

@@ -1,17 +1,15 @@
-//! Benchmarks of the two lookups every request makes: the route table and the
-//! API-key store. Sizes grow 10x-100x; the routing trie and the key hash map
-//! should keep the cost per lookup nearly flat, not linear in the table size.
+//! Benchmark of the route lookup every request makes, among 10, 100 and 1000
+//! routes: the segment trie should keep the cost nearly flat, not linear in the
+//! table size. (Key lookups: `benches/auth.rs`.)
 //!
 //! Run: `cargo bench --bench router` (add `-- --warm-up-time 1 --measurement-time 2`
 //! for a quick pass).
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::Method;
-use portcullis::auth::{hash_key, KeyStore};
 use portcullis::router::{Lookup, Pattern, RouteSpec, Router};
 
 const ROUTE_COUNTS: [usize; 3] = [10, 100, 1000];
-const CONSUMER_COUNTS: [usize; 2] = [10, 10_000];
 
 /// Route `i` of a realistic table: a rotation of prefix routes, `{param}` routes
 /// with methods, exact routes and host-bound routes, each under its own service.
@@ -63,31 +61,5 @@ fn router_lookup(c: &mut Criterion) {
     group.finish();
 }
 
-fn keystore_find(c: &mut Criterion) {
-    let mut group = c.benchmark_group("keystore_find");
-    for n in CONSUMER_COUNTS {
-        let key = |i: usize| format!("pk_live_{i:08}_0123456789abcdef0123456789abcdef");
-        let mut store = KeyStore::default();
-        for i in 0..n {
-            let id = store.add_consumer(&format!("consumer-{i}"));
-            store
-                .add_key(id, hash_key(key(i).as_bytes()))
-                .expect("unique keys");
-        }
-        let present = key(n - 1);
-        let absent = "pk_live_notakey_0123456789abcdef0123456789abcdef".to_string();
-        assert_eq!(store.find(present.as_bytes()), Some(n - 1));
-        assert_eq!(store.find(absent.as_bytes()), None);
-
-        group.bench_with_input(BenchmarkId::new("present", n), &present, |b, k| {
-            b.iter(|| store.find(black_box(k.as_bytes())))
-        });
-        group.bench_with_input(BenchmarkId::new("absent", n), &absent, |b, k| {
-            b.iter(|| store.find(black_box(k.as_bytes())))
-        });
-    }
-    group.finish();
-}
-
-criterion_group!(benches, router_lookup, keystore_find);
+criterion_group!(benches, router_lookup);
 criterion_main!(benches);
