@@ -16,6 +16,7 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora_core::connectors::ConnectorOptions;
 use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
@@ -214,7 +215,12 @@ pub fn assemble(
     let mut proxy_service = Service::new("portcullis".to_string(), connections);
     for addr in &plan.listen {
         if !plan.tls_listen.contains(addr) {
-            proxy_service.add_tcp(&addr.to_string());
+            // No L4 read buffer: `connection.rs` reads each head into its own
+            // buffer, and Pingora's 64 KiB per connection would make 10,000 idle
+            // keep-alive clients cost over 600 MiB.
+            let unbuffered_read = L4BufferSettings::default().read(0);
+            proxy_service
+                .add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(unbuffered_read));
             continue;
         }
         let certs = ListenerCerts {
