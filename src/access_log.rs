@@ -5,7 +5,7 @@
 //! and then it waits rather than drop a line.
 
 use crate::config::LogFormat;
-use serde_json::{json, Value};
+use serde::Serialize;
 use std::io::Write;
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::OnceLock;
@@ -37,25 +37,26 @@ impl Entry<'_> {
         let ts = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         match format {
             LogFormat::Json => {
-                let v: Value = json!({
-                    "ts": ts,
-                    "request_id": self.request_id,
-                    "client": self.client,
-                    "method": self.method,
-                    "path": self.path,
-                    "route": self.route,
-                    "consumer": self.consumer,
-                    "status": self.status,
-                    "upstream": self.upstream,
-                    "peer": self.peer,
-                    "upstream_status": self.upstream_status,
-                    "duration_ms": round3(self.duration_ms),
-                    "upstream_ms": self.upstream_ms.map(round3),
-                    "bytes_in": self.bytes_in,
-                    "bytes_out": self.bytes_out,
-                    "error": self.error,
-                });
-                v.to_string()
+                let line = JsonLine {
+                    ts: &ts,
+                    request_id: self.request_id,
+                    client: self.client.as_deref(),
+                    method: self.method,
+                    path: self.path,
+                    route: self.route,
+                    consumer: self.consumer,
+                    status: self.status,
+                    upstream: self.upstream,
+                    peer: self.peer,
+                    upstream_status: self.upstream_status,
+                    duration_ms: round3(self.duration_ms),
+                    upstream_ms: self.upstream_ms.map(round3),
+                    bytes_in: self.bytes_in,
+                    bytes_out: self.bytes_out,
+                    error: self.error,
+                };
+                // Serialising a struct of borrowed fields: no map, no key strings.
+                serde_json::to_string(&line).unwrap_or_default()
             }
             LogFormat::Text => format!(
                 "{ts} {} {} {} {:?} {} route={} consumer={} upstream={} peer={} duration_ms={:.3} bytes_in={} bytes_out={}{}",
@@ -75,6 +76,27 @@ impl Entry<'_> {
             ),
         }
     }
+}
+
+/// The JSON line of SPEC §6, fields in its order.
+#[derive(Serialize)]
+struct JsonLine<'a> {
+    ts: &'a str,
+    request_id: &'a str,
+    client: Option<&'a str>,
+    method: &'a str,
+    path: &'a str,
+    route: &'a str,
+    consumer: Option<&'a str>,
+    status: u16,
+    upstream: Option<&'a str>,
+    peer: Option<&'a str>,
+    upstream_status: Option<u16>,
+    duration_ms: f64,
+    upstream_ms: Option<f64>,
+    bytes_in: u64,
+    bytes_out: u64,
+    error: Option<&'a str>,
 }
 
 fn round3(ms: f64) -> f64 {
@@ -149,6 +171,7 @@ pub fn flush() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     #[test]
     fn json_line_has_every_field_and_nulls_where_no_upstream() {

@@ -10,7 +10,7 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 const DURATION_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -143,19 +143,64 @@ pub fn families() -> &'static Families {
     })
 }
 
-/// The label for a method: the standard ones, else `OTHER` (bounded cardinality).
-pub fn method_label(method: &Method) -> &'static str {
+/// The `method` labels: the standard methods, then `OTHER` (bounded cardinality).
+const METHOD_LABELS: [&str; 10] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE", "OTHER",
+];
+
+fn method_index(method: &Method) -> usize {
     match *method {
-        Method::GET => "GET",
-        Method::HEAD => "HEAD",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::PATCH => "PATCH",
-        Method::DELETE => "DELETE",
-        Method::OPTIONS => "OPTIONS",
-        Method::CONNECT => "CONNECT",
-        Method::TRACE => "TRACE",
-        _ => "OTHER",
+        Method::GET => 0,
+        Method::HEAD => 1,
+        Method::POST => 2,
+        Method::PUT => 3,
+        Method::PATCH => 4,
+        Method::DELETE => 5,
+        Method::OPTIONS => 6,
+        Method::CONNECT => 7,
+        Method::TRACE => 8,
+        _ => 9,
+    }
+}
+
+/// The label for a method: the standard ones, else `OTHER`.
+pub fn method_label(method: &Method) -> &'static str {
+    METHOD_LABELS[method_index(method)]
+}
+
+/// The statuses whose `requests_total` handles are kept per route and method.
+const COMMON_STATUSES: [u16; 24] = [
+    200, 201, 202, 204, 206, 301, 302, 304, 400, 401, 403, 404, 405, 409, 413, 422, 429, 431, 499,
+    500, 502, 503, 504, 101,
+];
+
+/// `requests_total` handles by method and common status, each resolved on first
+/// use: the label hashing and registry lookup happen once per route, method and
+/// status instead of once per request. Clones share the handles.
+#[derive(Clone)]
+struct RequestCounters(Arc<[OnceLock<IntCounter>]>);
+
+impl RequestCounters {
+    fn new() -> Self {
+        let slots = METHOD_LABELS.len() * COMMON_STATUSES.len();
+        RequestCounters((0..slots).map(|_| OnceLock::new()).collect())
+    }
+
+    fn count(&self, route: &str, method: &Method, status: u16) {
+        let method = method_index(method);
+        let resolve = || {
+            families().requests.with_label_values(&[
+                route,
+                METHOD_LABELS[method],
+                status_label(status),
+            ])
+        };
+        match COMMON_STATUSES.iter().position(|&s| s == status) {
+            Some(i) => self.0[method * COMMON_STATUSES.len() + i]
+                .get_or_init(resolve)
+                .inc(),
+            None => resolve().inc(),
+        }
     }
 }
 
@@ -237,6 +282,7 @@ pub struct RouteMetrics {
     auth_invalid: IntCounter,
     auth_forbidden: IntCounter,
     pub rate_limited: IntCounter,
+    requests: RequestCounters,
 }
 
 impl RouteMetrics {
@@ -256,6 +302,7 @@ impl RouteMetrics {
                 .with_label_values(&[route, "invalid_api_key"]),
             auth_forbidden: f.auth_failures.with_label_values(&[route, "forbidden"]),
             rate_limited: f.rate_limited.with_label_values(&[route]),
+            requests: RequestCounters::new(),
         }
     }
 
@@ -283,14 +330,7 @@ impl RouteMetrics {
 
     /// Counts one finished request.
     pub fn count_request(&self, method: &Method, status: u16) {
-        families()
-            .requests
-            .with_label_values(&[
-                self.route.as_str(),
-                method_label(method),
-                status_label(status),
-            ])
-            .inc();
+        self.requests.count(&self.route, method, status);
     }
 }
 

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Instructions per proxied request, counted by callgrind: repeatable whatever
+# else the machine is doing, so it shows what a change to the hot path saves
+# where wall-clock ratios drown in noise. Runs Portcullis (release, one thread)
+# under valgrind twice, for N1 and N2 keep-alive requests through the bench job
+# (route, key check, secret, nginx backend), and prints (Ir2 - Ir1) / (N2 - N1):
+# start-up and shutdown cancel out.
+#
+#   bash benches/instructions.sh        N1=200 N2=1200 bash benches/instructions.sh
+#   CG_OUT=/tmp/cg.out bash benches/instructions.sh && callgrind_annotate /tmp/cg.out
+source "$(dirname "$0")/lib.sh"
+need nginx valgrind python3
+release_build
+N1=${N1:-300} N2=${N2:-1800}
+backend=$(free_port)
+start_backend "$backend" 0
+
+count() { # requests -> total instructions
+  local gw admin; gw=$(free_port) admin=$(free_port)
+  { portcullis_head "$gw" "$admin"; cat <<YAML
+upstreams:
+  users:
+    peers: ["127.0.0.1:$backend"]
+    headers: { x-gateway-secret: "bench-secret" }
+routes:
+  - { name: users, path: /users, upstream: users }
+YAML
+  } > "$work/cg.yaml"
+  valgrind --tool=callgrind --callgrind-out-file="$work/cg.$1" "$BIN" -c "$work/cg.yaml" \
+    >/dev/null 2>"$work/cg.$1.err" &
+  local vg=$!
+  for _ in $(seq 600); do (exec 3<>/dev/tcp/127.0.0.1/"$gw") 2>/dev/null && break; sleep 0.1; done
+  python3 - "$gw" "$1" <<'PY'
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+req = b"GET /users/1 HTTP/1.1\r\nhost: a\r\nx-api-key: bench-key\r\n\r\n"
+for _ in range(int(sys.argv[2])):
+    s.sendall(req)
+    data = b""
+    while b'{"ok":true}' not in data:
+        data += s.recv(4096)
+PY
+  kill -TERM "$vg"; wait "$vg" || true
+  grep -oP '^(summary|totals): \K[0-9]+' "$work/cg.$1" | head -1
+}
+ir1=$(count "$N1") ir2=$(count "$N2")
+# CG_OUT=file keeps the larger run's profile for callgrind_annotate.
+[ -z "${CG_OUT:-}" ] || cp "$work/cg.$N2" "$CG_OUT"
+python3 -c "print(f'instructions per request: {($ir2 - $ir1) / ($N2 - $N1):,.0f}  ({$N1} and {$N2} requests: {$ir1:,} and {$ir2:,})')"
