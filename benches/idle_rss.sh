@@ -13,16 +13,8 @@ CONNS=${CONNS:-10000}
 ulimit -n $(( CONNS * 2 + 1024 )) 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 backend=$(free_port) gw=$(free_port) admin=$(free_port)
 start_backend "$backend" 0
-{ portcullis_head "$gw" "$admin"; cat <<YAML
-limits: { max_connections: $(( CONNS + 100 )) }
-upstreams:
-  users:
-    peers: ["127.0.0.1:$backend"]
-    headers: { x-gateway-secret: "bench-secret" }
-routes:
-  - { name: users, path: /users, upstream: users }
-YAML
-} > "$work/portcullis.yaml"
+bench_config "$gw" "$admin" "$backend" "limits: { max_connections: $(( CONNS + 100 )) }" \
+  > "$work/portcullis.yaml"
 start_portcullis "$gw" "$work/portcullis.yaml" 0
 pid=${pids[-1]}
 rss() { awk '/VmRSS/ {print $2}' "/proc/$pid/status"; }

@@ -17,15 +17,7 @@ start_backend "$backend" 0
 
 count() { # requests -> total instructions
   local gw admin; gw=$(free_port) admin=$(free_port)
-  { portcullis_head "$gw" "$admin"; cat <<YAML
-upstreams:
-  users:
-    peers: ["127.0.0.1:$backend"]
-    headers: { x-gateway-secret: "bench-secret" }
-routes:
-  - { name: users, path: /users, upstream: users }
-YAML
-  } > "$work/cg.yaml"
+  bench_config "$gw" "$admin" "$backend" > "$work/cg.yaml"
   valgrind --tool=callgrind --callgrind-out-file="$work/cg.$1" "$BIN" -c "$work/cg.yaml" \
     >/dev/null 2>"$work/cg.$1.err" &
   local vg=$!

@@ -43,6 +43,21 @@ consumers: [{ name: bench, keys: ["bench-key"] }]
 YAML
 }
 
+# The bench job: route /users, key checked, secret injected, one nginx backend;
+# an extra top-level YAML line (e.g. `limits: {...}`) may be given as $4.
+bench_config() { # port admin_port backend_port [extra yaml line]
+  portcullis_head "$1" "$2"
+  [ -z "${4:-}" ] || echo "$4"
+  cat <<YAML
+upstreams:
+  users:
+    peers: ["127.0.0.1:$3"]
+    headers: { x-gateway-secret: "bench-secret" }
+routes:
+  - { name: users, path: /users, upstream: users }
+YAML
+}
+
 # Portcullis with config file $2, on CPU $3 (default 0); waits for port $1.
 start_portcullis() { # port config [cpu]
   taskset -c "${3:-0}" "$BIN" -c "$2" >/dev/null 2>"$2.err" & pids+=($!)

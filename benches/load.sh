@@ -19,15 +19,7 @@ backend=$(free_port); gw=$(free_port); admin=$(free_port); ngx=$(free_port)
 start_backend "$backend" 0
 
 # Portcullis: one worker thread, the job and nothing else.
-{ portcullis_head "$gw" "$admin"; cat <<YAML
-upstreams:
-  users:
-    peers: ["127.0.0.1:$backend"]
-    headers: { x-gateway-secret: "bench-secret" }
-routes:
-  - { name: users, path: /users, upstream: users }
-YAML
-} > "$work/portcullis.yaml"
+bench_config "$gw" "$admin" "$backend" > "$work/portcullis.yaml"
 start_portcullis "$gw" "$work/portcullis.yaml" 0
 
 # nginx doing the same job: the key checked with a map, the secret set, the
