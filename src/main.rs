@@ -1,5 +1,8 @@
 //! The `portcullis` command line (SPEC §2).
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 use portcullis::config;
 use portcullis::gateway::Gateway;

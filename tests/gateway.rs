@@ -9,14 +9,20 @@ use std::time::{Duration, Instant};
 /// A gateway with one echo backend behind `/users` (the gateway secret injected).
 fn users_gateway(route_extra: &str) -> (Gateway, Backend) {
     let backend = Backend::echo();
-    let config = format!(
+    let gw = Gateway::start_with_env(
+        &users_config(&backend, route_extra),
+        &[("GATEWAY_SECRET", SECRET)],
+    );
+    (gw, backend)
+}
+
+fn users_config(backend: &Backend, route_extra: &str) -> String {
+    format!(
         "{head}upstreams:\n  users:\n    peers: [\"{peer}\"]\n    headers: {{ x-gateway-secret: \"${{GATEWAY_SECRET}}\" }}\n\
          routes:\n  - name: users\n    path: /users\n    upstream: users\n{route_extra}",
         head = config_head(),
         peer = backend.addr,
-    );
-    let gw = Gateway::start_with_env(&config, &[("GATEWAY_SECRET", SECRET)]);
-    (gw, backend)
+    )
 }
 
 #[test]
@@ -371,22 +377,28 @@ fn respond_routes_are_answered_by_the_gateway() {
 
 #[test]
 fn keep_alive_reuses_backend_connections() {
-    let (gw, backend) = users_gateway("");
-    for _ in 0..200 {
-        assert_eq!(gw.get_with_key("/users").status, 200);
-        // A connection returns to the pool just after its answer is sent; a
-        // client that sends the next request at once on a busy machine can
-        // beat it there and cause a new connection.
-        std::thread::sleep(Duration::from_millis(5));
+    // One worker thread runs a current-thread runtime, several a work-stealing
+    // one (server.rs); both must reuse pooled upstream connections.
+    for threads in ["threads: 1", "threads: 2"] {
+        let backend = Backend::echo();
+        let config = users_config(&backend, "").replace("threads: 2", threads);
+        let gw = Gateway::start_with_env(&config, &[("GATEWAY_SECRET", SECRET)]);
+        for _ in 0..200 {
+            assert_eq!(gw.get_with_key("/users").status, 200);
+            // A connection returns to the pool just after its answer is sent; a
+            // client that sends the next request at once on a busy machine can
+            // beat it there and cause a new connection.
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let opened = backend
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(backend.requests().len(), 200);
+        assert!(
+            opened <= 10,
+            "{threads}: 200 requests opened {opened} backend connections"
+        );
     }
-    let opened = backend
-        .connections
-        .load(std::sync::atomic::Ordering::SeqCst);
-    assert_eq!(backend.requests().len(), 200);
-    assert!(
-        opened <= 10,
-        "200 requests opened {opened} backend connections"
-    );
 }
 
 #[test]
