@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 #[derive(Debug, Clone, Default)]
 pub struct Entry<'a> {
     pub request_id: &'a str,
-    pub client: Option<String>,
+    pub client: Option<&'a str>,
     pub method: &'a str,
     /// Without the query string, which may hold secrets.
     pub path: &'a str,
@@ -34,13 +34,13 @@ pub struct Entry<'a> {
 impl Entry<'_> {
     /// The line, without its newline.
     pub fn render(&self, format: LogFormat) -> String {
-        let ts = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let ts = timestamp(chrono::Utc::now());
         match format {
             LogFormat::Json => {
                 let line = JsonLine {
                     ts: &ts,
                     request_id: self.request_id,
-                    client: self.client.as_deref(),
+                    client: self.client,
                     method: self.method,
                     path: self.path,
                     route: self.route,
@@ -55,13 +55,18 @@ impl Entry<'_> {
                     bytes_out: self.bytes_out,
                     error: self.error,
                 };
-                // Serialising a struct of borrowed fields: no map, no key strings.
-                serde_json::to_string(&line).unwrap_or_default()
+                // Serialising a struct of borrowed fields: no map, no key strings,
+                // into a buffer that holds a typical line without growing.
+                let mut out = Vec::with_capacity(LINE_CAPACITY);
+                match serde_json::to_writer(&mut out, &line) {
+                    Ok(()) => String::from_utf8(out).unwrap_or_default(),
+                    Err(_) => String::new(),
+                }
             }
             LogFormat::Text => format!(
                 "{ts} {} {} {} {:?} {} route={} consumer={} upstream={} peer={} duration_ms={:.3} bytes_in={} bytes_out={}{}",
                 self.request_id,
-                self.client.as_deref().unwrap_or("-"),
+                self.client.unwrap_or("-"),
                 self.method,
                 self.path,
                 self.status,
@@ -99,9 +104,38 @@ struct JsonLine<'a> {
     error: Option<&'a str>,
 }
 
+/// RFC 3339 in UTC with milliseconds, as `to_rfc3339_opts(Millis, true)`
+/// writes it; the date and time of day are formatted once a second per thread.
+fn timestamp(now: chrono::DateTime<chrono::Utc>) -> String {
+    thread_local! {
+        static SECOND: std::cell::RefCell<(i64, String)> = const {
+            std::cell::RefCell::new((i64::MIN, String::new()))
+        };
+    }
+    // A leap second reports 1000+ ms; RFC 3339 has no 60.xxx here either way.
+    let millis = now.timestamp_subsec_millis().min(999);
+    SECOND.with_borrow_mut(|(second, prefix)| {
+        if *second != now.timestamp() {
+            *second = now.timestamp();
+            *prefix = now.format("%Y-%m-%dT%H:%M:%S").to_string();
+        }
+        let mut ts = String::with_capacity(prefix.len() + 5);
+        ts.push_str(prefix);
+        ts.push('.');
+        for digit in [millis / 100, millis / 10 % 10, millis % 10] {
+            ts.push(char::from(b'0' + digit as u8));
+        }
+        ts.push('Z');
+        ts
+    })
+}
+
 fn round3(ms: f64) -> f64 {
     (ms * 1000.0).round() / 1000.0
 }
+
+/// Bytes reserved for one JSON line: a typical line fits without regrowing.
+const LINE_CAPACITY: usize = 512;
 
 /// How long the writer lets lines gather between writes.
 const BATCH_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
@@ -128,7 +162,8 @@ fn writer() -> &'static SyncSender<Message> {
                     {
                         match msg {
                             Message::Line(line) => {
-                                let _ = writeln!(out, "{line}");
+                                let _ = out.write_all(line.as_bytes());
+                                let _ = out.write_all(b"\n");
                             }
                             Message::Flush(done) => flushed.push(done),
                         }
@@ -174,10 +209,25 @@ mod tests {
     use serde_json::Value;
 
     #[test]
+    fn timestamps_match_chrono_rfc3339_with_millis() {
+        use chrono::{TimeZone, Utc};
+        let base = Utc
+            .with_ymd_and_hms(2026, 11, 23, 23, 59, 59)
+            .single()
+            .expect("time");
+        for ms in [0, 7, 45, 999, 1000, 1001, 2500, 86_400_123] {
+            let t = base + chrono::Duration::milliseconds(ms);
+            let expected = t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            assert_eq!(timestamp(t), expected, "{ms} ms after");
+            assert_eq!(timestamp(t), expected, "{ms} ms after, from the cache");
+        }
+    }
+
+    #[test]
     fn json_line_has_every_field_and_nulls_where_no_upstream() {
         let e = Entry {
             request_id: "r1",
-            client: Some("127.0.0.1".into()),
+            client: Some("127.0.0.1"),
             method: "GET",
             path: "/x",
             route: "none",

@@ -195,9 +195,10 @@ impl ClientConnections {
         gw.unrouted
             .duration
             .observe(started.elapsed().as_secs_f64());
+        let client = client.map(|c| c.to_string());
         let line = Entry {
             request_id: &request_id,
-            client: client.map(|c| c.to_string()),
+            client: client.as_deref(),
             method: &method,
             path: &path,
             route: &gw.unrouted.route,

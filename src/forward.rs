@@ -1,19 +1,21 @@
 //! The forwarding rules of SPEC §4: who the client is, what `x-forwarded-for`
 //! becomes, which request id is kept, which headers are hop-by-hop. Pure logic.
 
+use http::header::{self, HeaderName};
 use ipnet::IpNet;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
 /// `upgrade` is absent: the proxy needs it to pass WebSocket upgrades through.
-pub const HOP_BY_HOP: [&str; 6] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "proxy-authorization",
+/// Names, not strings: removing by `&str` parses the name on every request.
+pub const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::PROXY_AUTHORIZATION,
 ];
 
 fn is_trusted(ip: &IpAddr, trusted: &[IpNet]) -> bool {

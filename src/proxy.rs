@@ -56,6 +56,9 @@ pub fn in_flight() -> usize {
 
 /// The status logged when the client closed the connection before any answer.
 const CLIENT_CLOSED_REQUEST: u16 = 499;
+/// Per-request metrics and access-log lines. Off only in the bench build of
+/// `benches/telemetry_cost.sh`, which measures what they cost; never in a release.
+const TELEMETRY: bool = !cfg!(feature = "bench-no-telemetry");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -76,6 +79,8 @@ pub struct RequestCtx {
     started: Instant,
     request_id: String,
     client: Option<IpAddr>,
+    /// `client` as text, for the access log.
+    client_text: Option<String>,
     forwarded_for: String,
     route: Option<usize>,
     consumer: Option<usize>,
@@ -464,10 +469,13 @@ fn rewrite_upstream_request(
         .flat_map(forward::connection_listed)
         .map(str::to_ascii_lowercase)
         .collect();
-    for name in listed.iter().map(String::as_str).chain(forward::HOP_BY_HOP) {
+    for name in &listed {
         if !(is_upgrade && name == "upgrade") {
-            req.remove_header(name);
+            req.remove_header(name.as_str());
         }
+    }
+    for name in &forward::HOP_BY_HOP {
+        req.remove_header(name);
     }
     if is_upgrade {
         req.insert_header(http::header::CONNECTION, "upgrade")?;
@@ -509,6 +517,59 @@ fn hash_key(client: Option<IpAddr>) -> ([u8; 16], usize) {
     }
 }
 
+impl Portcullis {
+    /// The request's metrics and its access-log line (SPEC §5, §6).
+    fn record(&self, session: &Session, ctx: &RequestCtx) {
+        let gw = &ctx.gateway;
+        let upstream = ctx.upstream_index().map(|i| &gw.upstreams[i]);
+        let metrics = ctx.metrics();
+        let req = session.req_header();
+        // No answer was written: the client went away first (nginx's 499).
+        let status = session
+            .response_written()
+            .map_or(CLIENT_CLOSED_REQUEST, |r| r.status.as_u16());
+        let elapsed = ctx.started.elapsed();
+        let bytes_in = session.body_bytes_read() as u64;
+        let bytes_out = session.body_bytes_sent() as u64;
+
+        metrics.count_request(&req.method, status);
+        metrics.duration.observe(elapsed.as_secs_f64());
+        if ctx.in_flight {
+            metrics.in_flight.dec();
+        }
+        metrics.request_bytes.inc_by(bytes_in);
+        metrics.response_bytes.inc_by(bytes_out);
+
+        let upstream_name = match ctx.route(gw).map(|r| &r.target) {
+            Some(Target::Aggregate(a)) => ctx.upstream_elapsed.map(|_| a.upstreams_label.as_str()),
+            _ => upstream
+                .filter(|_| !ctx.tried.is_empty())
+                .map(|u| u.name.as_str()),
+        };
+        let line = Entry {
+            request_id: &ctx.request_id,
+            client: ctx.client_text.as_deref(),
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            route: &metrics.route,
+            consumer: ctx.consumer.map(|c| gw.keys.consumer_name(c)),
+            status,
+            upstream: upstream_name,
+            peer: upstream
+                .zip(ctx.tried.last())
+                .map(|(u, &p)| u.peers[p].label.as_str()),
+            upstream_status: ctx.upstream_status,
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            upstream_ms: ctx.upstream_elapsed.map(|d| d.as_secs_f64() * 1000.0),
+            bytes_in,
+            bytes_out,
+            error: ctx.refusal.as_ref().map(Refusal::code),
+        }
+        .render(self.log_format);
+        access_log::write(line);
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for Portcullis {
     type CTX = RequestCtx;
@@ -519,6 +580,7 @@ impl ProxyHttp for Portcullis {
             started: Instant::now(),
             request_id: String::new(),
             client: None,
+            client_text: None,
             forwarded_for: String::new(),
             route: None,
             consumer: None,
@@ -560,11 +622,19 @@ impl ProxyHttp for Portcullis {
             let (client, chain) =
                 forward::forwarded_for(peer, incoming.as_deref(), &ctx.gateway.trusted_proxies);
             ctx.client = Some(client);
+            // A chain of one address is the peer's, already formatted.
+            ctx.client_text = Some(if client == peer && !chain.contains(',') {
+                chain.clone()
+            } else {
+                client.to_string()
+            });
             ctx.forwarded_for = chain;
         }
         ctx.https = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let admitted = self.admit(session, ctx);
-        ctx.metrics().in_flight.inc();
+        if TELEMETRY {
+            ctx.metrics().in_flight.inc();
+        }
         ctx.in_flight = true;
         IN_FLIGHT.fetch_add(1, Ordering::AcqRel);
         if let Err(refusal) = admitted {
@@ -826,7 +896,9 @@ impl ProxyHttp for Portcullis {
                 ..
             }) = ctx.route(&ctx.gateway)
             {
-                metrics.duration.observe(elapsed.as_secs_f64());
+                if TELEMETRY {
+                    metrics.duration.observe(elapsed.as_secs_f64());
+                }
             }
         }
         Ok(())
@@ -843,7 +915,7 @@ impl ProxyHttp for Portcullis {
             resp.remove_header(name);
         }
         if resp.status != http::StatusCode::SWITCHING_PROTOCOLS {
-            for name in forward::HOP_BY_HOP {
+            for name in &forward::HOP_BY_HOP {
                 resp.remove_header(name);
             }
         }
@@ -898,56 +970,16 @@ impl ProxyHttp for Portcullis {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        let gw = ctx.gateway.clone();
-        let metrics = ctx.metrics();
-        let req = session.req_header();
-        // No answer was written: the client went away first (nginx's 499).
-        let status = session
-            .response_written()
-            .map_or(CLIENT_CLOSED_REQUEST, |r| r.status.as_u16());
-        let elapsed = ctx.started.elapsed();
-        let bytes_in = session.body_bytes_read() as u64;
-        let bytes_out = session.body_bytes_sent() as u64;
-
-        metrics.count_request(&req.method, status);
-        metrics.duration.observe(elapsed.as_secs_f64());
+        if TELEMETRY {
+            self.record(session, ctx);
+        }
+        let gw = &ctx.gateway;
+        if let (Some(i), Some(peer)) = (ctx.upstream_index(), ctx.peer) {
+            gw.upstreams[i].release(peer);
+        }
+        // Last: the shutdown drain waits for this, and the line is queued by now.
         if ctx.in_flight {
-            metrics.in_flight.dec();
             IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
         }
-        metrics.request_bytes.inc_by(bytes_in);
-        metrics.response_bytes.inc_by(bytes_out);
-
-        let upstream = ctx.upstream_index().map(|i| &gw.upstreams[i]);
-        let upstream_name = match ctx.route(&gw).map(|r| &r.target) {
-            Some(Target::Aggregate(a)) => ctx.upstream_elapsed.map(|_| a.upstreams_label.as_str()),
-            _ => upstream
-                .filter(|_| !ctx.tried.is_empty())
-                .map(|u| u.name.as_str()),
-        };
-        if let (Some(upstream), Some(peer)) = (upstream, ctx.peer) {
-            upstream.release(peer);
-        }
-        let line = Entry {
-            request_id: &ctx.request_id,
-            client: ctx.client.map(|c| c.to_string()),
-            method: req.method.as_str(),
-            path: req.uri.path(),
-            route: &metrics.route,
-            consumer: ctx.consumer.map(|c| gw.keys.consumer_name(c)),
-            status,
-            upstream: upstream_name,
-            peer: upstream
-                .zip(ctx.tried.last())
-                .map(|(u, &p)| u.peers[p].label.as_str()),
-            upstream_status: ctx.upstream_status,
-            duration_ms: elapsed.as_secs_f64() * 1000.0,
-            upstream_ms: ctx.upstream_elapsed.map(|d| d.as_secs_f64() * 1000.0),
-            bytes_in,
-            bytes_out,
-            error: ctx.refusal.as_ref().map(Refusal::code),
-        }
-        .render(self.log_format);
-        access_log::write(line);
     }
 }
