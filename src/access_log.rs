@@ -5,7 +5,7 @@
 //! and then it waits rather than drop a line.
 
 use crate::config::LogFormat;
-use serde::Serialize;
+use std::fmt::Write as _;
 use std::io::Write;
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::OnceLock;
@@ -36,33 +36,7 @@ impl Entry<'_> {
     pub fn render(&self, format: LogFormat) -> String {
         let ts = timestamp(chrono::Utc::now());
         match format {
-            LogFormat::Json => {
-                let line = JsonLine {
-                    ts: &ts,
-                    request_id: self.request_id,
-                    client: self.client,
-                    method: self.method,
-                    path: self.path,
-                    route: self.route,
-                    consumer: self.consumer,
-                    status: self.status,
-                    upstream: self.upstream,
-                    peer: self.peer,
-                    upstream_status: self.upstream_status,
-                    duration_ms: round3(self.duration_ms),
-                    upstream_ms: self.upstream_ms.map(round3),
-                    bytes_in: self.bytes_in,
-                    bytes_out: self.bytes_out,
-                    error: self.error,
-                };
-                // Serialising a struct of borrowed fields: no map, no key strings,
-                // into a buffer that holds a typical line without growing.
-                let mut out = Vec::with_capacity(LINE_CAPACITY);
-                match serde_json::to_writer(&mut out, &line) {
-                    Ok(()) => String::from_utf8(out).unwrap_or_default(),
-                    Err(_) => String::new(),
-                }
-            }
+            LogFormat::Json => self.json_line(&ts),
             LogFormat::Text => format!(
                 "{ts} {} {} {} {:?} {} route={} consumer={} upstream={} peer={} duration_ms={:.3} bytes_in={} bytes_out={}{}",
                 self.request_id,
@@ -83,25 +57,131 @@ impl Entry<'_> {
     }
 }
 
-/// The JSON line of SPEC §6, fields in its order.
-#[derive(Serialize)]
-struct JsonLine<'a> {
-    ts: &'a str,
-    request_id: &'a str,
-    client: Option<&'a str>,
-    method: &'a str,
-    path: &'a str,
-    route: &'a str,
-    consumer: Option<&'a str>,
-    status: u16,
-    upstream: Option<&'a str>,
-    peer: Option<&'a str>,
-    upstream_status: Option<u16>,
-    duration_ms: f64,
-    upstream_ms: Option<f64>,
-    bytes_in: u64,
-    bytes_out: u64,
-    error: Option<&'a str>,
+impl Entry<'_> {
+    /// The JSON line of SPEC §6, fields in its order. Written directly, not
+    /// through serde: the keys are constants and most values need no escaping,
+    /// and serde's per-field work was half of what telemetry cost a request
+    /// (benches/instructions.sh, benches/telemetry_cost.sh). The tests check
+    /// it against serde_json field by field, awkward strings included.
+    fn json_line(&self, ts: &str) -> String {
+        let mut out = String::with_capacity(LINE_CAPACITY);
+        out.push_str("{\"ts\":");
+        push_str(&mut out, Some(ts));
+        out.push_str(",\"request_id\":");
+        push_str(&mut out, Some(self.request_id));
+        out.push_str(",\"client\":");
+        push_str(&mut out, self.client);
+        out.push_str(",\"method\":");
+        push_str(&mut out, Some(self.method));
+        out.push_str(",\"path\":");
+        push_str(&mut out, Some(self.path));
+        out.push_str(",\"route\":");
+        push_str(&mut out, Some(self.route));
+        out.push_str(",\"consumer\":");
+        push_str(&mut out, self.consumer);
+        out.push_str(",\"status\":");
+        push_number(&mut out, Some(self.status));
+        out.push_str(",\"upstream\":");
+        push_str(&mut out, self.upstream);
+        out.push_str(",\"peer\":");
+        push_str(&mut out, self.peer);
+        out.push_str(",\"upstream_status\":");
+        push_number(&mut out, self.upstream_status);
+        out.push_str(",\"duration_ms\":");
+        push_ms(&mut out, Some(self.duration_ms));
+        out.push_str(",\"upstream_ms\":");
+        push_ms(&mut out, self.upstream_ms);
+        out.push_str(",\"bytes_in\":");
+        push_number(&mut out, Some(self.bytes_in));
+        out.push_str(",\"bytes_out\":");
+        push_number(&mut out, Some(self.bytes_out));
+        out.push_str(",\"error\":");
+        push_str(&mut out, self.error);
+        out.push('}');
+        out
+    }
+}
+
+/// A JSON string (RFC 8259 §7), or `null`.
+fn push_str(out: &mut String, value: Option<&str>) {
+    let Some(value) = value else {
+        out.push_str("null");
+        return;
+    };
+    out.push('"');
+    // Most values need no escape: one pass the compiler can vectorise.
+    let needs_escape = |b: u8| b < 0x20 || b == b'"' || b == b'\\';
+    if !value.bytes().fold(false, |any, b| any | needs_escape(b)) {
+        out.push_str(value);
+        out.push('"');
+        return;
+    }
+    let mut plain_from = 0;
+    for (i, byte) in value.bytes().enumerate() {
+        let escaped = match byte {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        // Every escaped byte is ASCII, so these are character boundaries.
+        out.push_str(&value[plain_from..i]);
+        if escaped.is_empty() {
+            let _ = write!(out, "\\u{byte:04x}");
+        } else {
+            out.push_str(escaped);
+        }
+        plain_from = i + 1;
+    }
+    out.push_str(&value[plain_from..]);
+    out.push('"');
+}
+
+/// Milliseconds to the microsecond, always with three decimals (a float to
+/// any reader; a log store may type a field by the first value it sees), or
+/// `null`.
+fn push_ms(out: &mut String, ms: Option<f64>) {
+    match ms.filter(|ms| ms.is_finite()) {
+        Some(ms) => {
+            // Durations are never negative; `as` saturates what is out of range.
+            let micros = (ms.max(0.0) * 1000.0).round() as u64;
+            push_u64(out, micros / 1000);
+            out.push('.');
+            let frac = micros % 1000;
+            for digit in [frac / 100, frac / 10 % 10, frac % 10] {
+                out.push(char::from(b'0' + digit as u8));
+            }
+        }
+        None => out.push_str("null"),
+    }
+}
+
+/// Decimal digits without `fmt`'s machinery (a third of a line's cost).
+fn push_u64(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &digit in &digits[start..] {
+        out.push(char::from(digit));
+    }
+}
+
+/// A JSON integer, or `null`.
+fn push_number(out: &mut String, value: Option<impl Into<u64>>) {
+    match value {
+        Some(n) => push_u64(out, n.into()),
+        None => out.push_str("null"),
+    }
 }
 
 /// RFC 3339 in UTC with milliseconds, as `to_rfc3339_opts(Millis, true)`
@@ -128,10 +208,6 @@ fn timestamp(now: chrono::DateTime<chrono::Utc>) -> String {
         ts.push('Z');
         ts
     })
-}
-
-fn round3(ms: f64) -> f64 {
-    (ms * 1000.0).round() / 1000.0
 }
 
 /// Bytes reserved for one JSON line: a typical line fits without regrowing.
@@ -207,6 +283,121 @@ pub fn flush() {
 mod tests {
     use super::*;
     use serde_json::Value;
+
+    /// The reference: the line as serde_json writes it.
+    #[derive(serde::Serialize)]
+    struct JsonLine<'a> {
+        ts: &'a str,
+        request_id: &'a str,
+        client: Option<&'a str>,
+        method: &'a str,
+        path: &'a str,
+        route: &'a str,
+        consumer: Option<&'a str>,
+        status: u16,
+        upstream: Option<&'a str>,
+        peer: Option<&'a str>,
+        upstream_status: Option<u16>,
+        duration_ms: f64,
+        upstream_ms: Option<f64>,
+        bytes_in: u64,
+        bytes_out: u64,
+        error: Option<&'a str>,
+    }
+
+    fn round3(ms: f64) -> f64 {
+        (ms * 1000.0).round() / 1000.0
+    }
+
+    fn serde_line(e: &Entry, ts: &str) -> Value {
+        serde_json::to_value(JsonLine {
+            ts,
+            request_id: e.request_id,
+            client: e.client,
+            method: e.method,
+            path: e.path,
+            route: e.route,
+            consumer: e.consumer,
+            status: e.status,
+            upstream: e.upstream,
+            peer: e.peer,
+            upstream_status: e.upstream_status,
+            duration_ms: round3(e.duration_ms),
+            upstream_ms: e.upstream_ms.map(round3),
+            bytes_in: e.bytes_in,
+            bytes_out: e.bytes_out,
+            error: e.error,
+        })
+        .expect("serde")
+    }
+
+    #[test]
+    fn json_lines_equal_serde_json_for_awkward_values() {
+        let every_ascii: String = (0u8..=127).map(char::from).collect();
+        let awkward = [
+            "",
+            "plain",
+            "quote \" and backslash \\ and both \\\"",
+            "line\nbreak\rtab\tnul\0bell\u{7}del\u{7f}",
+            "é, 😀, \u{2028} and \u{feff}",
+            every_ascii.as_str(),
+        ];
+        for text in awkward {
+            let e = Entry {
+                request_id: text,
+                client: Some(text),
+                method: text,
+                path: text,
+                route: text,
+                consumer: Some(text),
+                status: 502,
+                upstream: Some(text),
+                peer: Some(text),
+                upstream_status: Some(503),
+                duration_ms: 1234.56789,
+                upstream_ms: Some(0.0004),
+                bytes_in: u64::MAX,
+                bytes_out: 0,
+                error: Some(text),
+            };
+            let line = e.json_line(text);
+            assert!(!line.contains('\n'), "one line: {line:?}");
+            for ms in [0.0, 2.0, 0.0004, 0.0005, 1e-9, 12345678.9, f64::NAN] {
+                let timed = Entry {
+                    duration_ms: ms,
+                    upstream_ms: Some(ms),
+                    ..e.clone()
+                };
+                let ours: Value = serde_json::from_str(&timed.json_line(text)).expect("valid");
+                assert_eq!(ours, serde_line(&timed, text), "{ms} ms");
+            }
+            let ours: Value = serde_json::from_str(&line).expect("valid JSON");
+            assert_eq!(ours, serde_line(&e, text), "{text:?}");
+        }
+        let empty = Entry::default();
+        let ours: Value = serde_json::from_str(&empty.json_line("t")).expect("valid JSON");
+        assert_eq!(ours, serde_line(&empty, "t"));
+        let keys: Vec<&str> = ["ts", "request_id", "client", "method", "path", "route"]
+            .into_iter()
+            .chain(["consumer", "status", "upstream", "peer", "upstream_status"])
+            .chain([
+                "duration_ms",
+                "upstream_ms",
+                "bytes_in",
+                "bytes_out",
+                "error",
+            ])
+            .collect();
+        let line = empty.json_line("t");
+        let positions: Vec<usize> = keys
+            .iter()
+            .map(|k| line.find(&format!("\"{k}\":")).expect("key"))
+            .collect();
+        assert!(
+            positions.windows(2).all(|w| w[0] < w[1]),
+            "SPEC order: {line}"
+        );
+    }
 
     #[test]
     fn timestamps_match_chrono_rfc3339_with_millis() {
