@@ -22,15 +22,36 @@ fn is_trusted(ip: &IpAddr, trusted: &[IpNet]) -> bool {
     trusted.iter().any(|net| net.contains(ip))
 }
 
+/// Who the client is, and the `x-forwarded-for` to send upstream.
+#[derive(Debug)]
+pub struct Forwarded {
+    pub client: IpAddr,
+    /// `client` as text, for the access log.
+    pub client_text: String,
+    pub header: String,
+}
+
+impl Forwarded {
+    /// The peer alone: one formatting serves as the client's text and the header.
+    fn peer(peer: IpAddr) -> Self {
+        let text = peer.to_string();
+        Forwarded {
+            client: peer,
+            client_text: text.clone(),
+            header: text,
+        }
+    }
+}
+
 /// The client and the `x-forwarded-for` to send upstream.
 ///
 /// The TCP peer is the client unless it is a trusted proxy; then the incoming
 /// `x-forwarded-for` is believed, the client is its rightmost untrusted address,
 /// and the peer is appended to it. Otherwise the header is replaced.
-pub fn forwarded_for(peer: IpAddr, incoming: Option<&str>, trusted: &[IpNet]) -> (IpAddr, String) {
+pub fn forwarded_for(peer: IpAddr, incoming: Option<&str>, trusted: &[IpNet]) -> Forwarded {
     let believed = incoming.filter(|_| is_trusted(&peer, trusted));
     let Some(chain) = believed else {
-        return (peer, peer.to_string());
+        return Forwarded::peer(peer);
     };
     let hops: Option<Vec<IpAddr>> = chain
         .split(',')
@@ -38,8 +59,8 @@ pub fn forwarded_for(peer: IpAddr, incoming: Option<&str>, trusted: &[IpNet]) ->
         .collect();
     match hops {
         // An unparsable chain cannot be believed: start a new one.
-        None => (peer, peer.to_string()),
-        Some(hops) if hops.is_empty() => (peer, peer.to_string()),
+        None => Forwarded::peer(peer),
+        Some(hops) if hops.is_empty() => Forwarded::peer(peer),
         Some(hops) => {
             let client = hops
                 .iter()
@@ -53,7 +74,11 @@ pub fn forwarded_for(peer: IpAddr, incoming: Option<&str>, trusted: &[IpNet]) ->
                 let _ = write!(header, "{ip}, ");
             }
             let _ = write!(header, "{peer}");
-            (client, header)
+            Forwarded {
+                client,
+                client_text: client.to_string(),
+                header,
+            }
         }
     }
 }
@@ -87,7 +112,12 @@ mod tests {
     #[test]
     fn untrusted_peer_replaces_the_chain() {
         let peer: IpAddr = "203.0.113.9".parse().expect("ip");
-        let (client, xff) = forwarded_for(peer, Some("1.2.3.4"), &nets(&["10.0.0.0/8"]));
+        let Forwarded {
+            client,
+            client_text,
+            header: xff,
+        } = forwarded_for(peer, Some("1.2.3.4"), &nets(&["10.0.0.0/8"]));
+        assert_eq!(client_text, "203.0.113.9");
         assert_eq!(client, peer);
         assert_eq!(xff, "203.0.113.9");
     }
@@ -96,12 +126,25 @@ mod tests {
     fn trusted_peer_appends_and_the_rightmost_untrusted_hop_is_the_client() {
         let peer: IpAddr = "10.0.0.2".parse().expect("ip");
         let trusted = nets(&["10.0.0.0/8"]);
-        let (client, xff) = forwarded_for(peer, Some("1.2.3.4, 198.51.100.7, 10.0.0.5"), &trusted);
+        let Forwarded {
+            client,
+            client_text,
+            header: xff,
+        } = forwarded_for(peer, Some("1.2.3.4, 198.51.100.7, 10.0.0.5"), &trusted);
+        assert_eq!(client_text, "198.51.100.7");
         assert_eq!(client.to_string(), "198.51.100.7");
         assert_eq!(xff, "1.2.3.4, 198.51.100.7, 10.0.0.5, 10.0.0.2");
-        let (client, xff) = forwarded_for(peer, None, &trusted);
+        let Forwarded {
+            client,
+            header: xff,
+            ..
+        } = forwarded_for(peer, None, &trusted);
         assert_eq!((client, xff.as_str()), (peer, "10.0.0.2"));
-        let (client, xff) = forwarded_for(peer, Some("garbage, 1.2.3.4"), &trusted);
+        let Forwarded {
+            client,
+            header: xff,
+            ..
+        } = forwarded_for(peer, Some("garbage, 1.2.3.4"), &trusted);
         assert_eq!((client, xff.as_str()), (peer, "10.0.0.2"));
     }
 

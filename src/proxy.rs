@@ -619,16 +619,11 @@ impl ProxyHttp for Portcullis {
                 .filter_map(|v| v.to_str().ok())
                 .collect();
             let incoming = (!lines.is_empty()).then(|| lines.join(", "));
-            let (client, chain) =
+            let forwarded =
                 forward::forwarded_for(peer, incoming.as_deref(), &ctx.gateway.trusted_proxies);
-            ctx.client = Some(client);
-            // A chain of one address is the peer's, already formatted.
-            ctx.client_text = Some(if client == peer && !chain.contains(',') {
-                chain.clone()
-            } else {
-                client.to_string()
-            });
-            ctx.forwarded_for = chain;
+            ctx.client = Some(forwarded.client);
+            ctx.client_text = Some(forwarded.client_text);
+            ctx.forwarded_for = forwarded.header;
         }
         ctx.https = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let admitted = self.admit(session, ctx);
