@@ -55,9 +55,7 @@ impl Entry<'_> {
             ),
         }
     }
-}
 
-impl Entry<'_> {
     /// The JSON line of SPEC §6, fields in its order. Written directly, not
     /// through serde: the keys are constants and most values need no escaping,
     /// and serde's per-field work was half of what telemetry cost a request
@@ -65,45 +63,31 @@ impl Entry<'_> {
     /// it against serde_json field by field, awkward strings included.
     fn json_line(&self, ts: &str) -> String {
         let mut out = String::with_capacity(LINE_CAPACITY);
-        out.push_str("{\"ts\":");
-        push_str(&mut out, Some(ts));
-        out.push_str(",\"request_id\":");
-        push_str(&mut out, Some(self.request_id));
-        out.push_str(",\"client\":");
-        push_str(&mut out, self.client);
-        out.push_str(",\"method\":");
-        push_str(&mut out, Some(self.method));
-        out.push_str(",\"path\":");
-        push_str(&mut out, Some(self.path));
-        out.push_str(",\"route\":");
-        push_str(&mut out, Some(self.route));
-        out.push_str(",\"consumer\":");
-        push_str(&mut out, self.consumer);
-        out.push_str(",\"status\":");
-        push_number(&mut out, Some(self.status));
-        out.push_str(",\"upstream\":");
-        push_str(&mut out, self.upstream);
-        out.push_str(",\"peer\":");
-        push_str(&mut out, self.peer);
-        out.push_str(",\"upstream_status\":");
-        push_number(&mut out, self.upstream_status);
-        out.push_str(",\"duration_ms\":");
-        push_ms(&mut out, Some(self.duration_ms));
-        out.push_str(",\"upstream_ms\":");
-        push_ms(&mut out, self.upstream_ms);
-        out.push_str(",\"bytes_in\":");
-        push_number(&mut out, Some(self.bytes_in));
-        out.push_str(",\"bytes_out\":");
-        push_number(&mut out, Some(self.bytes_out));
-        out.push_str(",\"error\":");
-        push_str(&mut out, self.error);
+        push_str(&mut out, "{\"ts\":", Some(ts));
+        push_str(&mut out, ",\"request_id\":", Some(self.request_id));
+        push_str(&mut out, ",\"client\":", self.client);
+        push_str(&mut out, ",\"method\":", Some(self.method));
+        push_str(&mut out, ",\"path\":", Some(self.path));
+        push_str(&mut out, ",\"route\":", Some(self.route));
+        push_str(&mut out, ",\"consumer\":", self.consumer);
+        push_number(&mut out, ",\"status\":", Some(self.status));
+        push_str(&mut out, ",\"upstream\":", self.upstream);
+        push_str(&mut out, ",\"peer\":", self.peer);
+        push_number(&mut out, ",\"upstream_status\":", self.upstream_status);
+        push_ms(&mut out, ",\"duration_ms\":", Some(self.duration_ms));
+        push_ms(&mut out, ",\"upstream_ms\":", self.upstream_ms);
+        push_number(&mut out, ",\"bytes_in\":", Some(self.bytes_in));
+        push_number(&mut out, ",\"bytes_out\":", Some(self.bytes_out));
+        push_str(&mut out, ",\"error\":", self.error);
         out.push('}');
         out
     }
 }
 
-/// A JSON string (RFC 8259 §7), or `null`.
-fn push_str(out: &mut String, value: Option<&str>) {
+/// `key` (its quotes and colon included), then a JSON string (RFC 8259 §7)
+/// or `null`.
+fn push_str(out: &mut String, key: &str, value: Option<&str>) {
+    out.push_str(key);
     let Some(value) = value else {
         out.push_str("null");
         return;
@@ -140,20 +124,18 @@ fn push_str(out: &mut String, value: Option<&str>) {
     out.push('"');
 }
 
-/// Milliseconds to the microsecond, always with three decimals (a float to
-/// any reader; a log store may type a field by the first value it sees), or
-/// `null`.
-fn push_ms(out: &mut String, ms: Option<f64>) {
+/// `key`, then milliseconds to the microsecond, always with three decimals
+/// (a float to any reader; a log store may type a field by the first value it
+/// sees), or `null`.
+fn push_ms(out: &mut String, key: &str, ms: Option<f64>) {
+    out.push_str(key);
     match ms.filter(|ms| ms.is_finite()) {
         Some(ms) => {
             // Durations are never negative; `as` saturates what is out of range.
             let micros = (ms.max(0.0) * 1000.0).round() as u64;
             push_u64(out, micros / 1000);
             out.push('.');
-            let frac = micros % 1000;
-            for digit in [frac / 100, frac / 10 % 10, frac % 10] {
-                out.push(char::from(b'0' + digit as u8));
-            }
+            push_three_digits(out, micros % 1000);
         }
         None => out.push_str("null"),
     }
@@ -176,8 +158,17 @@ fn push_u64(out: &mut String, mut n: u64) {
     }
 }
 
-/// A JSON integer, or `null`.
-fn push_number(out: &mut String, value: Option<impl Into<u64>>) {
+/// `n` (below 1000) as three digits, zero-padded: the fraction of a second
+/// or of a millisecond.
+fn push_three_digits(out: &mut String, n: u64) {
+    for digit in [n / 100 % 10, n / 10 % 10, n % 10] {
+        out.push(char::from(b'0' + digit as u8));
+    }
+}
+
+/// `key`, then a JSON integer or `null`.
+fn push_number(out: &mut String, key: &str, value: Option<impl Into<u64>>) {
+    out.push_str(key);
     match value {
         Some(n) => push_u64(out, n.into()),
         None => out.push_str("null"),
@@ -202,9 +193,7 @@ fn timestamp(now: chrono::DateTime<chrono::Utc>) -> String {
         let mut ts = String::with_capacity(prefix.len() + 5);
         ts.push_str(prefix);
         ts.push('.');
-        for digit in [millis / 100, millis / 10 % 10, millis % 10] {
-            ts.push(char::from(b'0' + digit as u8));
-        }
+        push_three_digits(&mut ts, u64::from(millis));
         ts.push('Z');
         ts
     })
