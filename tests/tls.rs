@@ -26,6 +26,21 @@ fn tls_config(
     )
 }
 
+/// A gateway from `tls_config` whose TLS listener serves a fresh self-signed
+/// certificate for `host`, kept in a new temp dir: (the dir, TLS address, gateway).
+fn tls_gateway(
+    dir_name: &str,
+    host: &str,
+    backend: SocketAddr,
+    route_extra: &str,
+) -> (std::path::PathBuf, SocketAddr, Gateway) {
+    let dir = temp_dir(dir_name);
+    let (cert, key) = self_signed(&dir, host);
+    let tls: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let gw = Gateway::start(&tls_config(tls, &cert, &key, backend, route_extra));
+    (dir, tls, gw)
+}
+
 /// `curl -k` against the TLS listener, the path sent as written (no dot-segment
 /// squashing): (HTTP version, status, body).
 fn curl(version_flag: &str, url: &str) -> (String, String, String) {
@@ -44,10 +59,7 @@ fn curl(version_flag: &str, url: &str) -> (String, String, String) {
 #[test]
 fn a_tls_listener_speaks_http1_and_http2_and_reloads_its_certificate() {
     let backend = Backend::echo();
-    let dir = temp_dir("tls");
-    let (cert, key) = self_signed(&dir, "first.test");
-    let tls: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let gw = Gateway::start(&tls_config(tls, &cert, &key, backend.addr, ""));
+    let (dir, tls, gw) = tls_gateway("tls", "first.test", backend.addr, "");
 
     let (version, code, body) = curl("--http1.1", &format!("https://{tls}/users/1"));
     assert_eq!((version.as_str(), code.as_str()), ("1.1", "200"), "{body}");
@@ -63,7 +75,7 @@ fn a_tls_listener_speaks_http1_and_http2_and_reloads_its_certificate() {
 
     // New files, a reload, and the next handshake serves the new certificate.
     assert_eq!(served_certificate_name(tls), "first.test");
-    self_signed(&dir, "second.test");
+    let (_, key) = self_signed(&dir, "second.test");
     let resp = gw.post_reload();
     assert_eq!(resp.status, 200, "{}", resp.text());
     assert_eq!(served_certificate_name(tls), "second.test");
@@ -84,10 +96,7 @@ fn tls_to_upstreams_verifies_by_default() {
     // The upstream is a second gateway's TLS listener (self-signed) in front
     // of an echo backend.
     let backend = Backend::echo();
-    let dir = temp_dir("tls-up");
-    let (cert, key) = self_signed(&dir, "backend.test");
-    let tls: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let _inner = Gateway::start(&tls_config(tls, &cert, &key, backend.addr, ", auth: none"));
+    let (_dir, tls, _inner) = tls_gateway("tls-up", "backend.test", backend.addr, ", auth: none");
 
     let outer = |extra: &str| Gateway::start(&one_route_config(&[tls], extra, ""));
     let gw = outer("    tls: true\n    sni: backend.test\n    verify: false\n");
@@ -145,10 +154,7 @@ fn unreadable_certificate_files_are_config_errors() {
 #[test]
 fn http2_paths_cannot_climb_out_of_a_route_prefix_either() {
     let backend = Backend::echo();
-    let dir = temp_dir("tls-h2-path");
-    let (cert, key) = self_signed(&dir, "h2.test");
-    let tls: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let _gw = Gateway::start(&tls_config(tls, &cert, &key, backend.addr, ""));
+    let (_dir, tls, _gw) = tls_gateway("tls-h2-path", "h2.test", backend.addr, "");
     for path in [
         "/users/../admin",
         "/users/%2e%2e/admin",
