@@ -1,5 +1,7 @@
 //! The `portcullis` command line (SPEC §2).
 
+// glibc's malloc and free were ~15% of the CPU a proxied request took (`perf`);
+// mimalloc cuts CPU per request by 15-25% (README, Performance).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
