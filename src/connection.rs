@@ -26,10 +26,13 @@ use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::{Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
+use std::cell::RefCell;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{ready, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
 /// The first read buffer of a request head; Pingora's own initial size.
 const HEAD_BUFFER: usize = 4096;
@@ -229,7 +232,8 @@ async fn read_head(
     shutdown: &ShutdownWatch,
 ) -> Head {
     // No buffer while waiting: an idle keep-alive connection holds none (10,000
-    // idle clients would otherwise pin 40 MiB). The wait ends with the first byte.
+    // idle clients would otherwise pin 40 MiB). The wait ends with the first
+    // bytes, read through a per-thread scratch buffer: usually the whole head.
     let mut read = BytesMut::new();
     let mut shutdown = shutdown.clone();
     let mut deadline = Instant::now()
@@ -242,18 +246,12 @@ async fn read_head(
         let idle = read.is_empty();
         let got = tokio::time::timeout_at(deadline.into(), async {
             if idle {
-                let mut first_byte = [0u8; 1];
                 // Between requests a stopping server closes the connection.
-                let n = tokio::select! {
+                tokio::select! {
                     biased;
-                    n = stream.read(&mut first_byte) => n.ok(),
+                    n = first_bytes(stream, &mut read) => n.ok(),
                     _ = shutdown.wait_for(|stopping| *stopping) => None,
-                };
-                if n == Some(1) {
-                    read.reserve(HEAD_BUFFER);
-                    read.extend_from_slice(&first_byte);
                 }
-                n
             } else {
                 if read.capacity() - read.len() < HEAD_BUFFER / 4 {
                     read.reserve(HEAD_BUFFER);
@@ -266,11 +264,8 @@ async fn read_head(
             Ok(Some(n)) if n > 0 => {}
             _ => return Head::Gone,
         }
-        if idle {
-            if !first {
-                deadline = Instant::now() + limits.header_read_timeout;
-            }
-            continue; // the rest of the head is (almost always) already there
+        if idle && !first {
+            deadline = Instant::now() + limits.header_read_timeout;
         }
         match head::inspect(&read, limits.max_header_bytes) {
             Verdict::Incomplete => {}
@@ -291,6 +286,29 @@ async fn read_head(
             }
         }
     }
+}
+
+/// Waits for a connection's next bytes and appends them to `read` (empty), with
+/// room for the rest of a head. The bytes land in a per-thread scratch buffer
+/// borrowed only inside one poll, so a waiting connection holds no buffer, yet a
+/// head that arrived whole is read by one syscall (a 1-byte wait would take two).
+async fn first_bytes(stream: &mut Stream, read: &mut BytesMut) -> std::io::Result<usize> {
+    thread_local! {
+        static SCRATCH: RefCell<[u8; HEAD_BUFFER]> = const { RefCell::new([0; HEAD_BUFFER]) };
+    }
+    std::future::poll_fn(|cx| {
+        SCRATCH.with_borrow_mut(|scratch| {
+            let mut buf = ReadBuf::new(scratch);
+            ready!(Pin::new(&mut *stream).poll_read(cx, &mut buf))?;
+            let got = buf.filled();
+            if !got.is_empty() {
+                read.reserve(got.len().max(HEAD_BUFFER));
+                read.extend_from_slice(got);
+            }
+            Poll::Ready(Ok(got.len()))
+        })
+    })
+    .await
 }
 
 /// Reads and drops what the client still sends, for a moment, so closing with
