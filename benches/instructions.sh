@@ -4,7 +4,9 @@
 # where wall-clock ratios drown in noise. Runs Portcullis (release, one thread)
 # under valgrind twice, for N1 and N2 keep-alive requests through the bench job
 # (route, key check, secret, nginx backend), and prints (Ir2 - Ir1) / (N2 - N1):
-# start-up and shutdown cancel out.
+# start-up and shutdown cancel out. Then the same for the Pingora floor
+# (benches/pingora_floor.rs), so the difference is what our code adds
+# (FLOOR_TOO=0 skips it).
 #
 #   bash benches/instructions.sh        N1=200 N2=1200 bash benches/instructions.sh
 #   CG_OUT=/tmp/cg.out bash benches/instructions.sh && callgrind_annotate /tmp/cg.out
@@ -15,10 +17,12 @@ N1=${N1:-300} N2=${N2:-1800}
 backend=$(free_port)
 start_backend "$backend" 0
 
-count() { # requests -> total instructions
+count() { # requests [floor] -> total instructions
   local gw admin; gw=$(free_port) admin=$(free_port)
   bench_config "$gw" "$admin" "$backend" > "$work/cg.yaml"
-  valgrind --tool=callgrind --callgrind-out-file="$work/cg.$1" "$BIN" -c "$work/cg.yaml" \
+  local cmd=("$BIN" -c "$work/cg.yaml")
+  [ -z "${2:-}" ] || cmd=("$FLOOR" "127.0.0.1:$gw" "127.0.0.1:$backend")
+  valgrind --tool=callgrind --callgrind-out-file="$work/cg.$1" "${cmd[@]}" \
     >/dev/null 2>"$work/cg.$1.err" &
   local vg=$!
   for _ in $(seq 600); do (exec 3<>/dev/tcp/127.0.0.1/"$gw") 2>/dev/null && break; sleep 0.1; done
@@ -38,4 +42,9 @@ PY
 ir1=$(count "$N1") ir2=$(count "$N2")
 # CG_OUT=file keeps the larger run's profile for callgrind_annotate.
 [ -z "${CG_OUT:-}" ] || cp "$work/cg.$N2" "$CG_OUT"
-python3 -c "print(f'instructions per request: {($ir2 - $ir1) / ($N2 - $N1):,.0f}  ({$N1} and {$N2} requests: {$ir1:,} and {$ir2:,})')"
+per_request() { python3 -c "print(round(($2 - $1) / ($N2 - $N1)))"; }
+ours=$(per_request "$ir1" "$ir2")
+python3 -c "print(f'instructions per request: {$ours:,}  ({$N1} and {$N2} requests: {$ir1:,} and {$ir2:,})')"
+[ "${FLOOR_TOO:-1}" != 0 ] || exit 0
+floor=$(per_request "$(count "$N1" floor)" "$(count "$N2" floor)")
+python3 -c "print(f'Pingora floor: {$floor:,} per request; Portcullis adds {$ours - $floor:,} ({$ours / $floor - 1:.0%})')"

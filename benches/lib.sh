@@ -14,7 +14,18 @@ need() { # tools...
     command -v "$tool" >/dev/null || { echo "missing: $tool (apt-get install -y nginx-light redis-server wrk)" >&2; exit 1; }
   done
 }
-release_build() { [ -x "$BIN" ] || cargo build --release --locked; }
+# Bare Pingora doing the bench job (benches/pingora_floor.rs): the reference
+# that tells Pingora's own cost from ours.
+FLOOR=target/release/examples/pingora_floor
+# Builds (or finds up to date) the gateway and the floor, unless PORTCULLIS_BIN
+# names a gateway binary to measure instead.
+release_build() {
+  if [ -n "${PORTCULLIS_BIN:-}" ]; then
+    [ -x "$FLOOR" ] || cargo build --release --locked --example pingora_floor
+  else
+    cargo build --release --locked --bin portcullis --example pingora_floor
+  fi
+}
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 
@@ -61,6 +72,12 @@ YAML
 # Portcullis with config file $2, on CPU $3 (default 0); waits for port $1.
 start_portcullis() { # port config [cpu]
   taskset -c "${3:-0}" "$BIN" -c "$2" >/dev/null 2>"$2.err" & pids+=($!)
+  wait_port "$1"
+}
+
+# The floor on port $1 in front of backend port $2, on CPU $3 (default 0).
+start_floor() { # port backend_port [cpu]
+  taskset -c "${3:-0}" "$FLOOR" "127.0.0.1:$1" "127.0.0.1:$2" >/dev/null 2>"$work/floor.err" & pids+=($!)
   wait_port "$1"
 }
 

@@ -2,11 +2,14 @@
 # Portcullis against nginx on the same job, in one run: route by path, check the
 # API key, inject the gateway secret, proxy to a keep-alive backend (an nginx
 # answering fixed JSON). Loads each in turn with wrk (and oha when installed) at
-# 50 and 500 connections and prints req/s, p50, p99 and the ratios
-# Portcullis/nginx and Portcullis/direct backend, as a table and one JSON line.
+# 50 and 500 connections and prints req/s, p50, p99 and the ratios to nginx, to
+# the direct backend and to the Pingora floor (benches/pingora_floor.rs: the
+# same job in the least code Pingora allows), as a table and one JSON line. The
+# floor's row says what Pingora itself costs against nginx; Portcullis/floor
+# says what our code adds.
 #
 # Pinning: backend and the proxy under test share CPU 0 (one worker each), the
-# load generator runs on CPU 1. Bounded: 3 targets x 2 loads x SECS (default 5)
+# load generator runs on CPU 1. Bounded: 4 targets x 2 loads x SECS (default 5)
 # seconds, plus start-up. Stops only what it started.
 # Needs: nginx, wrk (Debian packages nginx-light, wrk) and a release build.
 source "$(dirname "$0")/lib.sh"
@@ -15,8 +18,9 @@ LOADS=${LOADS:-"50 500"}
 need nginx wrk
 release_build
 
-backend=$(free_port); gw=$(free_port); admin=$(free_port); ngx=$(free_port)
+backend=$(free_port); gw=$(free_port); admin=$(free_port); ngx=$(free_port); floor=$(free_port)
 start_backend "$backend" 0
+start_floor "$floor" "$backend" 0
 
 # Portcullis: one worker thread, the job and nothing else.
 bench_config "$gw" "$admin" "$backend" > "$work/portcullis.yaml"
@@ -45,7 +49,7 @@ taskset -c 0 nginx -c "$work/nginx-gw.conf" -p "$work" & pids+=($!)
 wait_port "$ngx"
 
 # Checks the job is done before measuring it: 200 with the key, 401 without.
-for port in "$gw" "$ngx"; do
+for port in "$gw" "$ngx" "$floor"; do
   ok=$(curl -s -o /dev/null -w '%{http_code}' -H 'x-api-key: bench-key' "http://127.0.0.1:$port/users/1")
   no=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/users/1")
   [ "$ok" = 200 ] && [ "$no" = 401 ] || { echo "port $port does not do the job ($ok/$no)" >&2; exit 1; }
@@ -70,28 +74,31 @@ declare -A result
 for conns in $LOADS; do
   result[direct_$conns]=$(measure "http://127.0.0.1:$backend/users/1" "$conns")
   result[nginx_$conns]=$(measure "http://127.0.0.1:$ngx/users/1" "$conns")
+  result[floor_$conns]=$(measure "http://127.0.0.1:$floor/users/1" "$conns")
   result[portcullis_$conns]=$(measure "http://127.0.0.1:$gw/users/1" "$conns")
 done
 
-printf '%-12s %6s %12s %9s %9s %10s %10s\n' target conns req/s p50_ms p99_ms "/nginx" "/direct"
+printf '%-12s %6s %12s %9s %9s %10s %10s %10s\n' target conns req/s p50_ms p99_ms "/nginx" "/direct" "/floor"
 json="{\"tool\":\"wrk\",\"seconds\":$SECS"
 for conns in $LOADS; do
   read -r d_rps _ _ <<<"${result[direct_$conns]}"
   read -r n_rps _ _ <<<"${result[nginx_$conns]}"
-  for target in direct nginx portcullis; do
+  read -r f_rps _ _ <<<"${result[floor_$conns]}"
+  for target in direct nginx floor portcullis; do
     read -r rps p50 p99 <<<"${result[${target}_$conns]}"
-    printf '%-12s %6s %12s %9s %9s %10s %10s\n' "$target" "$conns" "$rps" "$p50" "$p99" \
-      "$(ratio "$rps" "$n_rps")" "$(ratio "$rps" "$d_rps")"
+    printf '%-12s %6s %12s %9s %9s %10s %10s %10s\n' "$target" "$conns" "$rps" "$p50" "$p99" \
+      "$(ratio "$rps" "$n_rps")" "$(ratio "$rps" "$d_rps")" "$(ratio "$rps" "$f_rps")"
     json+=",\"${target}_${conns}\":{\"rps\":$rps,\"p50_ms\":$p50,\"p99_ms\":$p99}"
   done
   read -r p_rps _ _ <<<"${result[portcullis_$conns]}"
   json+=",\"ratio_nginx_$conns\":$(ratio "$p_rps" "$n_rps"),\"ratio_direct_$conns\":$(ratio "$p_rps" "$d_rps")"
+  json+=",\"ratio_floor_$conns\":$(ratio "$p_rps" "$f_rps"),\"floor_ratio_nginx_$conns\":$(ratio "$f_rps" "$n_rps")"
 done
 echo "$json}"
 
 if command -v oha >/dev/null; then
   for conns in $LOADS; do
-    for target in "nginx:$ngx" "portcullis:$gw"; do
+    for target in "nginx:$ngx" "floor:$floor" "portcullis:$gw"; do
       rps=$(taskset -c 1 oha -z "${SECS}s" -c "$conns" --no-tui -H 'x-api-key: bench-key' \
         "http://127.0.0.1:${target#*:}/users/1" | awk '/Requests\/sec/ {print $2}')
       echo "oha ${target%%:*} c=$conns: $rps req/s"
