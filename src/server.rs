@@ -7,7 +7,7 @@ use crate::admin::AdminApp;
 use crate::aggregate::FanOut;
 use crate::config::{Config, LogFormat, LogLevel};
 use crate::connection::ClientConnections;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, Target};
 use crate::health::HealthChecker;
 use crate::proxy::{self, Portcullis};
 use crate::reload::Reloader;
@@ -200,10 +200,17 @@ pub fn assemble(
     let tables = Arc::new(ArcSwap::from_pointee(gateway));
     let reloader =
         config_file.map(|path| Arc::new(Reloader::new(path, tables.clone(), plan.clone())));
+    let fan_out = FanOut::new(ConnectorOptions::from_server_conf(&server.configuration));
+    // A reload that adds the first aggregate route makes it on first use instead.
+    let has_aggregates =
+        (tables.load().routes.iter()).any(|r| matches!(r.target, Target::Aggregate(_)));
+    if has_aggregates {
+        fan_out.warm_up();
+    }
     let portcullis = Portcullis {
         tables: tables.clone(),
         log_format: plan.log_format,
-        fan_out: FanOut::new(ConnectorOptions::from_server_conf(&server.configuration)),
+        fan_out,
     };
     let mut proxy = pingora_proxy::http_proxy(&server.configuration, portcullis);
     // HTTP/1 heads are bounded in `connection.rs`; HTTP/2 header lists here,

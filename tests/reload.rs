@@ -223,3 +223,35 @@ fn pooled_upstream_connections_survive_a_reload() {
         "the unchanged upstream's pooled connections served the new tables"
     );
 }
+
+#[test]
+fn an_aggregate_route_added_by_reload_fetches_its_parts() {
+    // The fan-out connector is made at start only when the config has an
+    // aggregate route; here it is made by the first aggregate request.
+    let backend = Backend::echo();
+    let gw = Gateway::start(&config(&backend, ""));
+    assert_eq!(gw.get_with_key("/both/7").status, 404);
+    let aggregate = "  - name: both\n    path: /both/{id}\n    aggregate:\n\
+                     \x20     a: { upstream: u, path: \"/a/{id}\" }\n\
+                     \x20     b: { upstream: u, path: \"/b/{id}\" }\n";
+    gw.rewrite_config(&config(&backend, aggregate));
+    assert_eq!(gw.post_reload().status, 200);
+    let resp = gw.get_with_key("/both/7");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let merged = resp.json();
+    let mut targets: Vec<String> = backend
+        .requests()
+        .iter()
+        .map(|r| r.target.clone())
+        .collect();
+    targets.sort();
+    assert_eq!(
+        targets,
+        ["/a/7", "/b/7"],
+        "each part reached the backend once"
+    );
+    assert!(
+        merged["a"].is_object() && merged["b"].is_object(),
+        "{merged}"
+    );
+}
