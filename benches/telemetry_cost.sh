@@ -6,8 +6,13 @@
 # wrk -c CONNS for SECS seconds on CPU 1, gateway and nginx backend on CPU 0.
 # Prints req/s and the gateway's CPU time per request (from /proc) for each
 # run, then the medians and the cost of telemetry as a share of throughput.
+# The verdict reads the per-round paired costs: PASS only if their upper
+# quartile is under 5%, FAIL only if their lower quartile is 5% or more, and
+# otherwise INCONCLUSIVE, for a shared machine's noise can swamp 5%.
+# INSTRUCTIONS=1 also counts both builds with callgrind (benches/instructions.sh),
+# which noise does not move.
 #
-#   bash benches/telemetry_cost.sh      ROUNDS=5 SECS=10 bash benches/telemetry_cost.sh
+#   bash benches/telemetry_cost.sh      ROUNDS=5 SECS=10 INSTRUCTIONS=1 bash benches/telemetry_cost.sh
 source "$(dirname "$0")/lib.sh"
 need nginx wrk python3
 ROUNDS=${ROUNDS:-3} SECS=${SECS:-5} CONNS=${CONNS:-50}
@@ -45,14 +50,34 @@ for r in $(seq "$ROUNDS"); do
 done
 on=$(median "${on_rps[@]}") off=$(median "${off_rps[@]}")
 on_c=$(median "${on_cpu[@]}") off_c=$(median "${off_cpu[@]}")
-python3 - "$on" "$off" "$on_c" "$off_c" "$CONNS" <<'PY'
+paired=$(python3 -c "
+import sys
+on, off = sys.argv[1].split(), sys.argv[2].split()
+print(' '.join(f'{1 - float(a) / float(b):.4f}' for a, b in zip(on, off)))" "${on_rps[*]}" "${off_rps[*]}")
+python3 - "$on" "$off" "$on_c" "$off_c" "$CONNS" "$paired" <<'PY'
 import json, sys
-on, off, on_c, off_c, conns = map(float, sys.argv[1:])
+on, off, on_c, off_c, conns = map(float, sys.argv[1:6])
+paired = sorted(float(c) for c in sys.argv[6].split())
+q1, q3 = paired[len(paired) // 4], paired[(3 * len(paired)) // 4]
 cost = 1 - on / off
 print(f"medians at c{conns:.0f}: on {on:,.0f} req/s ({on_c} us CPU/request), "
       f"off {off:,.0f} req/s ({off_c} us CPU/request)")
-print(f"telemetry costs {cost:.1%} of throughput, {1 - off_c / on_c:.1%} of CPU per request")
-print("VERDICT:", "PASS (under 5%)" if cost < 0.05 else "FAIL (5% or more)")
+print(f"telemetry costs {cost:.1%} of throughput (medians), {1 - off_c / on_c:.1%} of CPU per request")
+print("paired rounds: " + ", ".join(f"{c:.1%}" for c in paired) + f"; quartiles {q1:.1%} .. {q3:.1%}")
+if q3 < 0.05:
+    verdict = "PASS (under 5% in at least three rounds of four)"
+elif q1 >= 0.05:
+    verdict = "FAIL (5% or more in at least three rounds of four)"
+else:
+    verdict = "INCONCLUSIVE (the rounds spread across 5%: more ROUNDS, a quieter machine, or INSTRUCTIONS=1)"
+print("VERDICT:", verdict)
 print(json.dumps({"conns": conns, "on_rps": on, "off_rps": off, "on_cpu_us": on_c,
-                  "off_cpu_us": off_c, "throughput_cost": round(cost, 4)}))
+                  "off_cpu_us": off_c, "throughput_cost": round(cost, 4),
+                  "paired_costs": paired}))
 PY
+
+if [ "${INSTRUCTIONS:-0}" = 1 ]; then
+  on_i=$(PORTCULLIS_BIN=$BIN FLOOR_TOO=0 bash benches/instructions.sh | grep -oP 'per request: \K[0-9,]+' | tr -d ,)
+  off_i=$(PORTCULLIS_BIN=$off_bin FLOOR_TOO=0 bash benches/instructions.sh | grep -oP 'per request: \K[0-9,]+' | tr -d ,)
+  python3 -c "print(f'instructions per request: on {$on_i:,}, off {$off_i:,}: telemetry is {1 - $off_i / $on_i:.1%}')"
+fi
