@@ -21,7 +21,7 @@ FLOOR=target/release/examples/pingora_floor
 # names a gateway binary to measure instead.
 release_build() {
   if [ -n "${PORTCULLIS_BIN:-}" ]; then
-    [ -x "$FLOOR" ] || cargo build --release --locked --example pingora_floor
+    cargo build --release --locked --example pingora_floor
   else
     cargo build --release --locked --bin portcullis --example pingora_floor
   fi

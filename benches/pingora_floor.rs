@@ -32,11 +32,19 @@ impl ProxyHttp for Floor {
     fn new_ctx(&self) {}
 
     async fn request_filter(&self, session: &mut Session, _: &mut ()) -> Result<bool> {
-        let key = session.req_header().headers.get("x-api-key");
-        if key.is_some_and(|k| k.as_bytes() == b"bench-key") {
+        let req = session.req_header();
+        let status = if !req.uri.path().starts_with("/users") {
+            404
+        } else if req
+            .headers
+            .get("x-api-key")
+            .is_some_and(|k| k.as_bytes() == b"bench-key")
+        {
             return Ok(false);
-        }
-        session.respond_error(401).await?;
+        } else {
+            401
+        };
+        session.respond_error(status).await?;
         Ok(true)
     }
 
@@ -69,6 +77,9 @@ fn main() -> ExitCode {
         threads: 1,
         work_stealing: false,
         upstream_keepalive_pool_size: 1024,
+        // Exit at once on SIGTERM (Pingora's default grace is 300 s).
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
