@@ -19,15 +19,7 @@ start_portcullis "$gw" "$work/portcullis.yaml" 0
 pid=${pids[-1]}
 rss() { awk '/VmRSS/ {print $2}' "/proc/$pid/status"; }
 # Warm up the upstream pool and the allocator with ordinary traffic first.
-python3 - "$gw" <<'PY'
-import socket, sys
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
-for _ in range(1000):
-    s.sendall(b"GET /users/1 HTTP/1.1\r\nhost: a\r\nx-api-key: bench-key\r\n\r\n")
-    data = b""
-    while b'{"ok":true}' not in data:
-        data += s.recv(4096)
-PY
+keepalive_requests "$gw" 1000
 before=$(rss)
 python3 - "$gw" "$CONNS" "$pid" "$work/rss_with" <<'PY'
 import socket, sys, time

@@ -26,16 +26,7 @@ count() { # requests [floor] -> total instructions
     >/dev/null 2>"$work/cg.$1.err" &
   local vg=$!
   for _ in $(seq 600); do (exec 3<>/dev/tcp/127.0.0.1/"$gw") 2>/dev/null && break; sleep 0.1; done
-  python3 - "$gw" "$1" <<'PY'
-import socket, sys
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
-req = b"GET /users/1 HTTP/1.1\r\nhost: a\r\nx-api-key: bench-key\r\n\r\n"
-for _ in range(int(sys.argv[2])):
-    s.sendall(req)
-    data = b""
-    while b'{"ok":true}' not in data:
-        data += s.recv(4096)
-PY
+  keepalive_requests "$gw" "$1"
   kill -TERM "$vg"; wait "$vg" || true
   grep -oP '^(summary|totals): \K[0-9]+' "$work/cg.$1" | head -1
 }

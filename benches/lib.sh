@@ -20,11 +20,9 @@ FLOOR=target/release/examples/pingora_floor
 # Builds (or finds up to date) the gateway and the floor, unless PORTCULLIS_BIN
 # names a gateway binary to measure instead.
 release_build() {
-  if [ -n "${PORTCULLIS_BIN:-}" ]; then
-    cargo build --release --locked --example pingora_floor
-  else
-    cargo build --release --locked --bin portcullis --example pingora_floor
-  fi
+  local targets=(--example pingora_floor)
+  [ -n "${PORTCULLIS_BIN:-}" ] || targets+=(--bin portcullis)
+  cargo build --release --locked "${targets[@]}"
 }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
@@ -79,6 +77,23 @@ start_portcullis() { # port config [cpu]
 start_floor() { # port backend_port [cpu]
   taskset -c "${3:-0}" "$FLOOR" "127.0.0.1:$1" "127.0.0.1:$2" >/dev/null 2>"$work/floor.err" & pids+=($!)
   wait_port "$1"
+}
+
+# N (default 1) bench-job requests, one after another on one keep-alive
+# connection to port $1, each read until its whole answer is in.
+keepalive_requests() { # port [n]
+  python3 - "$1" "${2:-1}" <<'PY'
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+for _ in range(int(sys.argv[2])):
+    s.sendall(b"GET /users/1 HTTP/1.1\r\nhost: a\r\nx-api-key: bench-key\r\n\r\n")
+    data = b""
+    while b'{"ok":true}' not in data:
+        chunk = s.recv(4096)
+        if not chunk:
+            sys.exit("the gateway closed the connection")
+        data += chunk
+PY
 }
 
 # wrk on CPU 1 for SECS seconds with CONNS connections -> req/s.

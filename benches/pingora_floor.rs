@@ -4,7 +4,8 @@
 //! one worker (current-thread runtime, mimalloc, same upstream pool size).
 //! `benches/load.sh` and `benches/instructions.sh` measure it beside Portcullis
 //! so one run tells what Pingora itself costs against nginx, and what our code
-//! adds on top. Not a product: no config, no errors beyond a 401 and a 502.
+//! adds on top. Not a product: no config, no answers of its own beyond Pingora's
+//! bare 401 (no key), 404 (off /users) and 502.
 //!
 //!   cargo build --release --example pingora_floor
 //!   target/release/examples/pingora_floor 127.0.0.1:8080 127.0.0.1:9000

@@ -80,7 +80,9 @@ print(json.dumps({"conns": conns, "on_rps": on, "off_rps": off, "on_cpu_us": on_
 PY
 
 if [ "${INSTRUCTIONS:-0}" = 1 ]; then
-  on_i=$(PORTCULLIS_BIN=$BIN FLOOR_TOO=0 bash benches/instructions.sh | grep -oP 'per request: \K[0-9,]+' | tr -d ,)
-  off_i=$(PORTCULLIS_BIN=$off_bin FLOOR_TOO=0 bash benches/instructions.sh | grep -oP 'per request: \K[0-9,]+' | tr -d ,)
+  instructions() { # binary -> instructions per request
+    PORTCULLIS_BIN=$1 FLOOR_TOO=0 bash benches/instructions.sh | grep -oP 'per request: \K[0-9,]+' | tr -d ,
+  }
+  on_i=$(instructions "$BIN") off_i=$(instructions "$off_bin")
   python3 -c "print(f'instructions per request: on {$on_i:,}, off {$off_i:,}: telemetry is {1 - $off_i / $on_i:.1%}')"
 fi

@@ -202,8 +202,11 @@ pub fn assemble(
         config_file.map(|path| Arc::new(Reloader::new(path, tables.clone(), plan.clone())));
     let fan_out = FanOut::new(ConnectorOptions::from_server_conf(&server.configuration));
     // A reload that adds the first aggregate route makes it on first use instead.
-    let has_aggregates =
-        (tables.load().routes.iter()).any(|r| matches!(r.target, Target::Aggregate(_)));
+    let has_aggregates = tables
+        .load()
+        .routes
+        .iter()
+        .any(|r| matches!(r.target, Target::Aggregate(_)));
     if has_aggregates {
         fan_out.warm_up();
     }
