@@ -11,6 +11,7 @@
 //! its header list is bounded by the proxy's `h2_options`.
 
 use crate::access_log::{self, Entry};
+use crate::client_stream::ClientStream;
 use crate::config::LogFormat;
 use crate::forward;
 use crate::gateway::{ClientLimits, Gateway};
@@ -114,7 +115,8 @@ impl ServerApp for ClientConnections {
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             return ServerApp::process_new(&self.proxy, stream, shutdown).await;
         }
-        self.serve_http1(stream, shutdown).await;
+        self.serve_http1(Box::new(ClientStream::new(stream)), shutdown)
+            .await;
         None
     }
 

@@ -231,12 +231,13 @@ pub fn assemble(
     let mut proxy_service = Service::new("portcullis".to_string(), connections);
     for addr in &plan.listen {
         if !plan.tls_listen.contains(addr) {
-            // No L4 read buffer: `connection.rs` reads each head into its own
-            // buffer, and Pingora's 64 KiB per connection would make 10,000 idle
-            // keep-alive clients cost over 600 MiB.
-            let unbuffered_read = L4BufferSettings::default().read(0);
-            proxy_service
-                .add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(unbuffered_read));
+            // No L4 buffers: `connection.rs` reads each head into its own
+            // buffer (Pingora's 64 KiB per connection would make 10,000 idle
+            // keep-alive clients cost over 600 MiB), and `ClientStream` gathers
+            // an answer's writes in a buffer that idle connections do not hold.
+            proxy_service.add_listener(
+                ListenerConfig::tcp(addr.to_string()).l4_buffer(L4BufferSettings::unbuffered()),
+            );
             continue;
         }
         let certs = ListenerCerts {
