@@ -34,6 +34,7 @@ use std::sync::Arc;
 use std::task::{ready, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::runtime::{Handle, RuntimeFlavor};
 
 /// The first read buffer of a request head; Pingora's own initial size.
 const HEAD_BUFFER: usize = 4096;
@@ -49,7 +50,7 @@ pub struct ClientConnections {
     pub proxy: Arc<HttpProxy<Portcullis>>,
     pub tables: Arc<ArcSwap<Gateway>>,
     pub log_format: LogFormat,
-    open: AtomicUsize,
+    open: Arc<AtomicUsize>,
 }
 
 impl ClientConnections {
@@ -62,25 +63,25 @@ impl ClientConnections {
             proxy: Arc::new(proxy),
             tables,
             log_format,
-            open: AtomicUsize::new(0),
+            open: Arc::new(AtomicUsize::new(0)),
         }
     }
 }
 
 /// One open client connection, counted against `max_connections` while it lives.
-struct OpenConnection<'a>(&'a AtomicUsize);
+struct OpenConnection(Arc<AtomicUsize>);
 
-impl<'a> OpenConnection<'a> {
-    fn enter(open: &'a AtomicUsize, max: usize) -> Option<Self> {
+impl OpenConnection {
+    fn enter(open: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
         if open.fetch_add(1, Ordering::AcqRel) >= max {
             open.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
-        Some(OpenConnection(open))
+        Some(OpenConnection(open.clone()))
     }
 }
 
-impl Drop for OpenConnection<'_> {
+impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
@@ -108,15 +109,32 @@ impl ServerApp for ClientConnections {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let limits = self.tables.load().client_limits;
-        let Some(_open) = OpenConnection::enter(&self.open, limits.max_connections) else {
+        let Some(open) = OpenConnection::enter(&self.open, limits.max_connections) else {
             warn_connection_refused(limits.max_connections);
             return None; // dropping the stream closes it
         };
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             return ServerApp::process_new(&self.proxy, stream, shutdown).await;
         }
-        self.serve_http1(Box::new(ClientStream::new(stream)), shutdown)
-            .await;
+        let stream: Stream = Box::new(ClientStream::new(stream));
+        // On a current-thread runtime (`threads: 1`) the rest of the connection's
+        // life goes to a task of its own. Pingora's accept task is sized for the
+        // TLS handshake it ran (2.5 KiB) and would otherwise hold that for as long
+        // as the client stays, idle or not: 25 MiB for 10,000 idle clients. With
+        // several worker threads the move makes Pingora's upstream pool lose a
+        // race (`failed to acquire reusable stream`: the idle watcher on one
+        // worker still holds the connection's `Arc` when another takes it), and
+        // connections stop being reused, so there the connection stays put.
+        if Handle::current().runtime_flavor() != RuntimeFlavor::CurrentThread {
+            self.serve_http1(stream, shutdown).await;
+            return None;
+        }
+        let connections = self.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _open = open;
+            connections.serve_http1(stream, &shutdown).await;
+        });
         None
     }
 
