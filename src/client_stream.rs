@@ -77,6 +77,9 @@ impl AsyncWrite for ClientStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0)); // no buffer for nothing
+        }
         if self.pending.len() + buf.len() > COALESCE {
             ready!(self.poll_send_pending(cx))?;
             if buf.len() >= COALESCE {
@@ -208,6 +211,7 @@ mod tests {
             .await
             .expect("head");
         gateway.write_all(b"{\"ok\":true}").await.expect("body");
+        assert_eq!(gateway.write(b"").await.expect("empty"), 0);
         assert!(gateway.pending.capacity() >= COALESCE);
         let mut got = [0u8; 64];
         let early = tokio::time::timeout(Duration::from_millis(50), client.read(&mut got)).await;
