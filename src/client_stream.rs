@@ -206,12 +206,17 @@ mod tests {
     #[tokio::test]
     async fn small_writes_wait_for_the_flush_then_go_out_together_and_the_buffer_is_freed() {
         let (mut gateway, mut client) = pair().await;
+        assert_eq!(gateway.write(b"").await.expect("empty"), 0);
+        assert_eq!(
+            gateway.pending.capacity(),
+            0,
+            "no buffer for an empty write"
+        );
         gateway
             .write_all(b"HTTP/1.1 200 OK\r\n\r\n")
             .await
             .expect("head");
         gateway.write_all(b"{\"ok\":true}").await.expect("body");
-        assert_eq!(gateway.write(b"").await.expect("empty"), 0);
         assert!(gateway.pending.capacity() >= COALESCE);
         let mut got = [0u8; 64];
         let early = tokio::time::timeout(Duration::from_millis(50), client.read(&mut got)).await;
