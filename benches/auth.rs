@@ -6,7 +6,7 @@
 //! for a quick pass).
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
-use portcullis::auth::{hash_key, KeyStore};
+use portcullis::core::auth::{hash_key, KeyStore};
 
 const CONSUMER_COUNTS: [usize; 2] = [10, 10_000];
 

@@ -7,7 +7,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::Method;
-use portcullis::router::{Lookup, Pattern, RouteSpec, Router};
+use portcullis::core::router::{Lookup, Pattern, RouteSpec, Router};
 
 const ROUTE_COUNTS: [usize; 3] = [10, 100, 1000];
 

@@ -6,9 +6,10 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{Parser, Subcommand};
-use portcullis::config;
-use portcullis::gateway::Gateway;
-use portcullis::server::{self, Plan, ProcessFlags};
+use portcullis::core::config;
+use portcullis::runtime::server::{self, ProcessFlags};
+use portcullis::tables::plan::{Plan, DEFAULT_ADMIN};
+use portcullis::tables::Gateway;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,7 +47,7 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8000")]
         listen: SocketAddr,
         /// Where the admin listener (metrics, health) listens.
-        #[arg(long, default_value = server::DEFAULT_ADMIN)]
+        #[arg(long, default_value = DEFAULT_ADMIN)]
         admin: SocketAddr,
     },
 }
@@ -54,7 +55,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Demo { listen, admin }) = cli.command {
-        return match portcullis::demo::run(listen, admin) {
+        return match portcullis::runtime::demo::run(listen, admin) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("portcullis demo: {e}");
@@ -68,7 +69,7 @@ fn main() -> ExitCode {
     };
     let file = path.display().to_string();
     let checked = config::load_file(&path)
-        .and_then(|config| Gateway::compile(&config, &file).map(|gw| (config, gw)));
+        .and_then(|config| Gateway::build(&config, &file).map(|gw| (config, gw)));
     let (config, gateway) = match checked {
         Ok(loaded) => loaded,
         Err(errors) => {
@@ -81,7 +82,7 @@ fn main() -> ExitCode {
         println!("{file}: the configuration is valid");
         return ExitCode::SUCCESS;
     }
-    server::init_logging(&config);
+    portcullis::telemetry::process_log::init_logging(&config);
     let flags = ProcessFlags {
         daemon: cli.daemon,
         upgrade: cli.upgrade,

@@ -8,7 +8,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let env = |name: &str| (name == "SET").then(|| "value".to_string());
-    if let Err(errors) = portcullis::config::load_str(text, "fuzz.yaml", &env) {
+    if let Err(errors) = portcullis::core::config::load_str(text, "fuzz.yaml", &env) {
         assert!(!errors.0.is_empty(), "an error result lists its errors");
         // YAML breaks lines at LF, CRLF and a lone CR alike.
         let lines = text.replace("\r\n", "\n").matches(['\n', '\r']).count() + 2;

@@ -2,7 +2,7 @@
 //! and what it accepts httparse (Pingora's parser) parses to the same length.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use portcullis::head::{inspect, Verdict, MAX_HEADERS};
+use portcullis::core::head::{inspect, Verdict, MAX_HEADERS};
 
 fuzz_target!(|data: &[u8]| {
     let max = 64 + data.first().map_or(0, |&b| b as usize) * 16;

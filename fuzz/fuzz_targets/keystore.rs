@@ -2,7 +2,7 @@
 //! none, and hash parsing never panics.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use portcullis::auth::{hash_key, parse_key_hash, KeyStore};
+use portcullis::core::auth::{hash_key, parse_key_hash, KeyStore};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {

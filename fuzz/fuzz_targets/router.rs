@@ -2,7 +2,7 @@
 //! panics, a lookup never panics, and a found route really matches the path.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use portcullis::router::{Lookup, Pattern, RouteSpec, Router};
+use portcullis::core::router::{Lookup, Pattern, RouteSpec, Router};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

@@ -1,0 +1,344 @@
+//! Loading the YAML config: parse, decode, check cross-references; every error
+//! found in one pass, each with `file:line:col`, field path and message.
+
+pub mod decode;
+pub mod error;
+pub mod schema;
+pub mod types;
+pub mod yaml;
+
+pub use decode::{ByteSize, Cx, Indexed, Spanned, Table};
+pub use error::{ConfigError, ConfigErrors};
+pub use schema::*;
+pub use types::HeaderList;
+
+use decode::Decode;
+use http::Method;
+use std::collections::HashSet;
+use std::path::Path;
+
+/// Reads and checks a config file, substituting `${VAR}` from the process environment.
+pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+    let file = path.display().to_string();
+    let source = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: file.clone(),
+            line: 1,
+            col: 1,
+            path: String::new(),
+            message: format!("cannot read the file: {e}"),
+        }])
+    })?;
+    load_str(&source, &file, &|name| std::env::var(name).ok())
+}
+
+/// Parses, decodes and checks `source`; `file` names it in errors.
+pub fn load_str(
+    source: &str,
+    file: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigErrors> {
+    let root = yaml::parse(source).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: file.to_string(),
+            line: e.mark.line,
+            col: e.mark.col,
+            path: String::new(),
+            message: format!("invalid YAML: {}", e.message),
+        }])
+    })?;
+    let mut cx = Cx::new(file, env);
+    let config = Config::decode(&mut cx, &root);
+    if let Some(config) = &config {
+        validate(&mut cx, config);
+    }
+    match config {
+        Some(config) if !cx.has_errors() => Ok(config),
+        _ => {
+            let mut errors = cx.into_errors();
+            errors.sort_by_key(|e| (e.line, e.col));
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+/// Checks what a single field cannot: names that refer to other sections,
+/// duplicates, and fields that only make sense together.
+fn validate(cx: &mut Cx<'_>, config: &Config) {
+    if config.listen.value.is_empty() && !cx.has_errors_under("listen") {
+        cx.error_at(
+            "listen",
+            config.listen.mark,
+            "at least one listener is needed",
+        );
+    }
+    if let Some(threads) = config.threads.as_ref().filter(|t| t.value == 0) {
+        cx.error_at("threads", threads.mark, "must be at least 1");
+    }
+    let upstreams = config.upstreams.clone().unwrap_or_default();
+    for (name, upstream) in upstreams.iter() {
+        if upstream.peers.value.is_empty()
+            && !cx.has_errors_under(&format!("upstreams.{name}.peers"))
+        {
+            cx.error_at(
+                &format!("upstreams.{name}.peers"),
+                upstream.peers.mark,
+                "at least one peer is needed",
+            );
+        }
+        if let Some(hc) = &upstream.health_check {
+            let valid = hc.path.value.starts_with('/')
+                && hc.path.value.parse::<http::uri::PathAndQuery>().is_ok();
+            if !valid {
+                cx.error_at(
+                    &format!("upstreams.{name}.health_check.path"),
+                    hc.path.mark,
+                    format!(
+                        "expected a path like \"/healthz\", found {}",
+                        hc.path.shown()
+                    ),
+                );
+            }
+            if hc.interval.is_some_and(|i| i.is_zero()) {
+                cx.error_at(
+                    &format!("upstreams.{name}.health_check.interval"),
+                    hc.path.mark,
+                    "must be longer than 0s",
+                );
+            }
+        }
+    }
+
+    let mut consumer_names = HashSet::new();
+    for (i, consumer) in config.consumers.iter().flat_map(|c| c.iter()) {
+        let path = format!("consumers[{i}]");
+        if !consumer_names.insert(consumer.name.value.as_str()) {
+            cx.error_at(
+                &format!("{path}.name"),
+                consumer.name.mark,
+                format!("duplicate consumer name {}", consumer.name.shown()),
+            );
+        }
+        let keys = consumer.keys.as_deref().unwrap_or_default();
+        let hashes = consumer.key_hashes.as_deref().unwrap_or_default();
+        let keys_failed = cx.has_errors_under(&format!("{path}.keys"))
+            || cx.has_errors_under(&format!("{path}.key_hashes"));
+        if keys.is_empty() && hashes.is_empty() && !keys_failed {
+            cx.error_at(
+                &path,
+                consumer.name.mark,
+                "a consumer needs `keys` or `key_hashes`",
+            );
+        }
+        for (k, key) in keys.iter().enumerate() {
+            if key.value.is_empty() {
+                cx.error_at(
+                    &format!("{path}.keys[{k}]"),
+                    key.mark,
+                    "a key cannot be empty",
+                );
+            }
+        }
+        for (k, hash) in hashes.iter().enumerate() {
+            if crate::core::auth::parse_key_hash(&hash.value).is_none() {
+                // The hash is not secret, but keep messages uniform and short.
+                cx.error_at(
+                    &format!("{path}.key_hashes[{k}]"),
+                    hash.mark,
+                    "expected \"sha256:\" followed by 64 hex digits",
+                );
+            }
+        }
+        if let Some(limit) = &consumer.rate_limit {
+            check_rate_limit(cx, &format!("{path}.rate_limit"), &limit.value);
+        }
+    }
+
+    let mut route_names = HashSet::new();
+    // A consumer that failed to decode may be the one a route names.
+    let consumers_incomplete = config
+        .consumers
+        .as_ref()
+        .is_some_and(|c| c.has_failed_items());
+    for (i, route) in config.routes.iter() {
+        let path = format!("routes[{i}]");
+        if !route_names.insert(route.name.value.as_str()) {
+            cx.error_at(
+                &format!("{path}.name"),
+                route.name.mark,
+                format!("duplicate route name {}", route.name.shown()),
+            );
+        }
+        let target_failed = ["upstream", "respond", "aggregate"]
+            .iter()
+            .any(|field| cx.has_errors_under(&format!("{path}.{field}")));
+        let targets = [
+            route.upstream.is_some(),
+            route.respond.is_some(),
+            route.aggregate.is_some(),
+        ];
+        match targets.iter().filter(|t| **t).count() {
+            1 => {}
+            0 if target_failed => {}
+            0 => cx.error_at(
+                &path,
+                route.name.mark,
+                "a route needs one of `upstream`, `respond` or `aggregate`",
+            ),
+            _ => cx.error_at(
+                &path,
+                route.name.mark,
+                "a route takes only one of `upstream`, `respond` or `aggregate`",
+            ),
+        }
+        if let Some(up) = &route.upstream {
+            check_upstream_name(cx, &format!("{path}.upstream"), up, &upstreams);
+        }
+        if let Some(parts) = &route.aggregate {
+            for (part, p) in parts.value.iter() {
+                check_upstream_name(
+                    cx,
+                    &format!("{path}.aggregate.{part}.upstream"),
+                    &p.upstream,
+                    &upstreams,
+                );
+            }
+        }
+        for (c, name) in route.consumers.iter().flat_map(|c| c.iter()) {
+            if !consumer_names.contains(name.value.as_str()) && !consumers_incomplete {
+                cx.error_at(
+                    &format!("{path}.consumers[{c}]"),
+                    name.mark,
+                    format!("unknown consumer {}", name.shown()),
+                );
+            }
+        }
+        if route.consumers.is_some() && route.auth == Some(AuthMode::None) {
+            cx.error_at(
+                &format!("{path}.consumers"),
+                route.name.mark,
+                "`consumers` needs `auth: api_key`: with `auth: none` nobody is identified",
+            );
+        }
+        if let Some(limit) = &route.rate_limit {
+            check_rate_limit(cx, &format!("{path}.rate_limit"), &limit.value);
+        }
+        if route.aggregate.is_some() {
+            check_aggregate_route(cx, &path, route);
+        } else if let Some(max) = &route.max_part_body {
+            cx.error_at(
+                &format!("{path}.max_part_body"),
+                max.mark,
+                "`max_part_body` applies to `aggregate` routes only",
+            );
+        }
+        if let Some(respond) = &route.respond {
+            let bodiless = matches!(respond.status.value, 100..=199 | 204 | 304);
+            if bodiless && respond.body.as_ref().is_some_and(|b| !b.is_empty()) {
+                cx.error_at(
+                    &format!("{path}.respond.body"),
+                    respond.status.mark,
+                    format!("a {} answer has no body", respond.status.value),
+                );
+            }
+            if !(100..=599).contains(&respond.status.value) {
+                cx.error_at(
+                    &format!("{path}.respond.status"),
+                    respond.status.mark,
+                    format!(
+                        "expected a status from 100 to 599, found {}",
+                        respond.status.value
+                    ),
+                );
+            }
+        }
+    }
+
+    if let Some(store) = &config.rate_limit {
+        let redis = store.store.as_ref().filter(|s| s.value == StoreKind::Redis);
+        if let (Some(kind), None) = (redis, &store.redis) {
+            if cx.has_errors_under("rate_limit.redis") {
+                return;
+            }
+            cx.error_at(
+                "rate_limit.store",
+                kind.mark,
+                "`store: redis` needs `redis: { url: ... }`",
+            );
+        }
+    }
+}
+
+fn check_upstream_name(cx: &mut Cx<'_>, path: &str, name: &Spanned<String>, ups: &Table<Upstream>) {
+    // An upstream that failed to decode was reported already.
+    let failed = cx.has_errors_under(&format!("upstreams.{}", name.value))
+        || (ups.0.is_empty() && cx.has_errors_under("upstreams"));
+    if ups.get(&name.value).is_none() && !failed {
+        let known: Vec<&str> = ups.iter().map(|(n, _)| n).collect();
+        cx.error_at(
+            path,
+            name.mark,
+            format!(
+                "unknown upstream {}; upstreams are: {}",
+                name.shown(),
+                if known.is_empty() {
+                    "(none)".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        );
+    }
+}
+
+fn check_rate_limit(cx: &mut Cx<'_>, path: &str, limit: &RateLimit) {
+    if limit.requests.value == 0 {
+        cx.error_at(
+            &format!("{path}.requests"),
+            limit.requests.mark,
+            "must be at least 1",
+        );
+    }
+    if limit.per.value.is_zero() {
+        cx.error_at(
+            &format!("{path}.per"),
+            limit.per.mark,
+            "must be longer than 0",
+        );
+    }
+}
+#[cfg(test)]
+pub(crate) mod tests;
+
+/// What an aggregate route cannot take: methods with a body to send (its parts
+/// are fetched with GET, and one body cannot go to several upstreams), and
+/// `strip_prefix` (each part names its own path).
+fn check_aggregate_route(cx: &mut Cx<'_>, path: &str, route: &Route) {
+    if let Some(parts) = route.aggregate.as_ref().filter(|p| p.value.0.is_empty()) {
+        cx.error_at(
+            &format!("{path}.aggregate"),
+            parts.mark,
+            "an aggregate route needs at least one part",
+        );
+    }
+    if let Some(methods) = &route.methods {
+        if let Some(m) = methods
+            .value
+            .iter()
+            .find(|m| **m != Method::GET && **m != Method::HEAD)
+        {
+            cx.error_at(
+                &format!("{path}.methods"),
+                methods.mark,
+                format!("an aggregate route answers GET and HEAD only, found {m}"),
+            );
+        }
+    }
+    if let Some(strip) = route.strip_prefix.as_ref().filter(|s| s.value) {
+        cx.error_at(
+            &format!("{path}.strip_prefix"),
+            strip.mark,
+            "`strip_prefix` does not apply to an aggregate route: each part names its path",
+        );
+    }
+}

@@ -1,0 +1,517 @@
+//! The forwarding rules of SPEC §4: who the client is, what `x-forwarded-for`
+//! becomes, which request id is kept, which headers are hop-by-hop, and the
+//! header policy for what goes upstream and what comes back. Pure logic: the
+//! policy edits any [`HeaderEdit`] (Pingora's heads in the proxy, a plain
+//! `HeaderMap` in the tests below).
+
+use crate::core::limit::Window;
+use crate::core::router::strip_segments;
+use http::header::{self, HeaderName, HeaderValue, HOST};
+use http::HeaderMap;
+use ipnet::IpNet;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
+/// `upgrade` is absent: the proxy needs it to pass WebSocket upgrades through.
+/// Names, not strings: removing by `&str` parses the name on every request.
+pub const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::PROXY_AUTHORIZATION,
+];
+
+fn is_trusted(ip: &IpAddr, trusted: &[IpNet]) -> bool {
+    trusted.iter().any(|net| net.contains(ip))
+}
+
+/// Who the client is, and the `x-forwarded-for` to send upstream.
+#[derive(Debug)]
+pub struct Forwarded {
+    pub client: IpAddr,
+    /// `client` as text, for the access log.
+    pub client_text: String,
+    pub header: String,
+}
+
+impl Forwarded {
+    /// The peer alone: one formatting serves as the client's text and the header.
+    fn peer(peer: IpAddr) -> Self {
+        let text = peer.to_string();
+        Forwarded {
+            client: peer,
+            client_text: text.clone(),
+            header: text,
+        }
+    }
+}
+
+/// The client and the `x-forwarded-for` to send upstream.
+///
+/// The TCP peer is the client unless it is a trusted proxy; then the incoming
+/// `x-forwarded-for` is believed, the client is its rightmost untrusted address,
+/// and the peer is appended to it. Otherwise the header is replaced.
+pub fn forwarded_for(peer: IpAddr, incoming: Option<&str>, trusted: &[IpNet]) -> Forwarded {
+    let believed = incoming.filter(|_| is_trusted(&peer, trusted));
+    let Some(chain) = believed else {
+        return Forwarded::peer(peer);
+    };
+    let hops: Option<Vec<IpAddr>> = chain
+        .split(',')
+        .map(|h| h.trim().parse::<IpAddr>().ok())
+        .collect();
+    match hops {
+        // An unparsable chain cannot be believed: start a new one.
+        None => Forwarded::peer(peer),
+        Some(hops) if hops.is_empty() => Forwarded::peer(peer),
+        Some(hops) => {
+            let client = hops
+                .iter()
+                .rev()
+                .find(|ip| !is_trusted(ip, trusted))
+                .or(hops.first())
+                .copied()
+                .unwrap_or(peer);
+            let mut header = String::with_capacity(chain.len() + 41);
+            for ip in &hops {
+                let _ = write!(header, "{ip}, ");
+            }
+            let _ = write!(header, "{peer}");
+            Forwarded {
+                client,
+                client_text: client.to_string(),
+                header,
+            }
+        }
+    }
+}
+
+/// An incoming `x-request-id` is kept when it is 1–128 of `[A-Za-z0-9._:-]`.
+pub fn is_valid_request_id(id: &[u8]) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+/// A new random request id: 32 hex digits.
+pub fn new_request_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// Header names listed in a `connection` header, which are hop-by-hop too.
+pub fn connection_listed(value: &str) -> impl Iterator<Item = &str> {
+    value.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// A request or response head whose headers the policy below edits.
+pub trait HeaderEdit {
+    type Error;
+    fn headers(&self) -> &HeaderMap;
+    fn remove(&mut self, name: &HeaderName);
+    fn insert(&mut self, name: HeaderName, value: HeaderValue) -> Result<(), Self::Error>;
+    /// Inserts a value that must still be checked as a header value.
+    fn insert_str(&mut self, name: HeaderName, value: &str) -> Result<(), Self::Error>;
+}
+
+/// Headers to set and to remove, in that order of application: remove, then set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderRules {
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderRules {
+    pub fn apply<H: HeaderEdit>(&self, head: &mut H) -> Result<(), H::Error> {
+        for name in &self.remove {
+            head.remove(name);
+        }
+        for (name, value) in &self.set {
+            head.insert(name.clone(), value.clone())?;
+        }
+        Ok(())
+    }
+}
+
+/// What one request sends upstream besides the client's own headers.
+pub struct Forwarding<'a> {
+    /// The client's key header, never forwarded.
+    pub key_header: &'a HeaderName,
+    /// The `x-forwarded-for` of [`forwarded_for`].
+    pub forwarded_for: &'a str,
+    /// Whether the client came over TLS (`x-forwarded-proto: https`).
+    pub https: bool,
+    pub request_id: &'a str,
+}
+
+/// Where one upstream request goes: the upstream's and route's header edits
+/// and the `host` to send.
+pub struct Destination<'a> {
+    /// The upstream's own headers (the gateway secret).
+    pub upstream_headers: &'a [(HeaderName, HeaderValue)],
+    pub route_headers: &'a HeaderRules,
+    pub host: Host<'a>,
+}
+
+/// The `host` an upstream request is sent with.
+#[derive(Debug, Clone, Copy)]
+pub enum Host<'a> {
+    /// The client's own (`preserve_host`).
+    Keep,
+    /// A name still to be checked as a header value (the upstream's TLS name).
+    Name(&'a str),
+    /// A value made at load (the peer's `host:port`).
+    Value(&'a HeaderValue),
+}
+
+/// The headers an upstream gets (SPEC §4): the client's key and hop-by-hop
+/// headers removed, the upstream's and route's headers set, `x-forwarded-*`,
+/// `x-request-id` and `host`. Shared by proxied requests and aggregate parts.
+pub fn rewrite_upstream_request<H: HeaderEdit>(
+    req: &mut H,
+    forwarding: &Forwarding<'_>,
+    destination: &Destination<'_>,
+) -> Result<(), H::Error> {
+    req.remove(forwarding.key_header);
+    let is_upgrade = req.headers().contains_key(header::UPGRADE);
+    // Rare (a `connection` header naming others): only then is a list made.
+    let listed: Vec<HeaderName> = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(connection_listed)
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+        .collect();
+    for name in &listed {
+        if !(is_upgrade && *name == header::UPGRADE) {
+            req.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        req.remove(name);
+    }
+    if is_upgrade {
+        req.insert(header::CONNECTION, HeaderValue::from_static("upgrade"))?;
+    }
+
+    let original_host = req.headers().get(HOST).cloned();
+    for name in &destination.route_headers.remove {
+        req.remove(name);
+    }
+    let sets = destination.upstream_headers.iter();
+    for (name, value) in sets.chain(&destination.route_headers.set) {
+        req.insert(name.clone(), value.clone())?;
+    }
+    req.insert_str(X_FORWARDED_FOR, forwarding.forwarded_for)?;
+    let proto = if forwarding.https { "https" } else { "http" };
+    req.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto))?;
+    if let Some(host) = original_host {
+        req.insert(X_FORWARDED_HOST, host)?;
+    }
+    req.insert_str(X_REQUEST_ID, forwarding.request_id)?;
+    match destination.host {
+        Host::Keep => {}
+        Host::Name(name) => req.insert_str(HOST, name)?,
+        Host::Value(value) => req.insert(HOST, value.clone())?,
+    }
+    Ok(())
+}
+
+/// An upstream's answer as the client gets it: no header an upstream's
+/// `headers` sets (a secret), no hop-by-hop header unless it switches
+/// protocols, then the route's `response_headers`.
+pub fn rewrite_upstream_response<H: HeaderEdit>(
+    resp: &mut H,
+    secret_headers: &[HeaderName],
+    switching_protocols: bool,
+    route_headers: &HeaderRules,
+) -> Result<(), H::Error> {
+    for name in secret_headers {
+        resp.remove(name);
+    }
+    if !switching_protocols {
+        for name in &HOP_BY_HOP {
+            resp.remove(name);
+        }
+    }
+    route_headers.apply(resp)
+}
+
+/// What every answer to a client carries: its `x-request-id`, and on a
+/// rate-limited route `ratelimit-limit`, `-remaining` and `-reset`.
+pub fn stamp_answer<H: HeaderEdit>(
+    resp: &mut H,
+    request_id: &str,
+    rate: Option<Window>,
+) -> Result<(), H::Error> {
+    resp.insert_str(X_REQUEST_ID, request_id)?;
+    if let Some(w) = rate {
+        resp.insert(HeaderName::from_static("ratelimit-limit"), w.limit.into())?;
+        resp.insert(
+            HeaderName::from_static("ratelimit-remaining"),
+            w.remaining.into(),
+        )?;
+        resp.insert(
+            HeaderName::from_static("ratelimit-reset"),
+            w.reset_secs().into(),
+        )?;
+    }
+    Ok(())
+}
+
+/// The upstream request's target when it differs from the client's: with
+/// `strip_prefix` (`strip` leading segments dropped), or when the client sent
+/// an absolute-form target (`GET http://host/path`: sent as its path, the host
+/// is in `host`). `None`: send the client's target as it is.
+pub fn upstream_target(
+    path: &str,
+    query: Option<&str>,
+    strip: Option<usize>,
+    absolute_form: bool,
+) -> Option<String> {
+    if strip.is_none() && !absolute_form {
+        return None;
+    }
+    let path = strip.map_or(path, |n| strip_segments(path, n));
+    Some(match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|s| s.parse().expect("cidr")).collect()
+    }
+
+    #[test]
+    fn untrusted_peer_replaces_the_chain() {
+        let peer: IpAddr = "203.0.113.9".parse().expect("ip");
+        let Forwarded {
+            client,
+            client_text,
+            header: xff,
+        } = forwarded_for(peer, Some("1.2.3.4"), &nets(&["10.0.0.0/8"]));
+        assert_eq!(client_text, "203.0.113.9");
+        assert_eq!(client, peer);
+        assert_eq!(xff, "203.0.113.9");
+    }
+
+    #[test]
+    fn trusted_peer_appends_and_the_rightmost_untrusted_hop_is_the_client() {
+        let peer: IpAddr = "10.0.0.2".parse().expect("ip");
+        let trusted = nets(&["10.0.0.0/8"]);
+        let Forwarded {
+            client,
+            client_text,
+            header: xff,
+        } = forwarded_for(peer, Some("1.2.3.4, 198.51.100.7, 10.0.0.5"), &trusted);
+        assert_eq!(client_text, "198.51.100.7");
+        assert_eq!(client.to_string(), "198.51.100.7");
+        assert_eq!(xff, "1.2.3.4, 198.51.100.7, 10.0.0.5, 10.0.0.2");
+        let Forwarded {
+            client,
+            header: xff,
+            ..
+        } = forwarded_for(peer, None, &trusted);
+        assert_eq!((client, xff.as_str()), (peer, "10.0.0.2"));
+        let Forwarded {
+            client,
+            header: xff,
+            ..
+        } = forwarded_for(peer, Some("garbage, 1.2.3.4"), &trusted);
+        assert_eq!((client, xff.as_str()), (peer, "10.0.0.2"));
+    }
+
+    /// A plain header map as the policy's head, as the proxy's are.
+    impl HeaderEdit for HeaderMap {
+        type Error = http::header::InvalidHeaderValue;
+        fn headers(&self) -> &HeaderMap {
+            self
+        }
+        fn remove(&mut self, name: &HeaderName) {
+            HeaderMap::remove(self, name);
+        }
+        fn insert(&mut self, name: HeaderName, value: HeaderValue) -> Result<(), Self::Error> {
+            HeaderMap::insert(self, name, value);
+            Ok(())
+        }
+        fn insert_str(&mut self, name: HeaderName, value: &str) -> Result<(), Self::Error> {
+            HeaderMap::insert(self, name, HeaderValue::from_str(value)?);
+            Ok(())
+        }
+    }
+
+    fn head(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                HeaderValue::from_str(value).expect("value"),
+            );
+        }
+        map
+    }
+
+    fn value<'a>(map: &'a HeaderMap, name: &str) -> Option<&'a str> {
+        map.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    static KEY: HeaderName = HeaderName::from_static("x-api-key");
+
+    fn forwarding(https: bool) -> Forwarding<'static> {
+        Forwarding {
+            key_header: &KEY,
+            forwarded_for: "203.0.113.9",
+            https,
+            request_id: "req-1",
+        }
+    }
+
+    #[test]
+    fn upstream_requests_lose_the_key_and_hop_by_hop_headers_and_gain_the_secret() {
+        let mut req = head(&[
+            ("host", "api.example.com"),
+            ("x-api-key", "client-secret"),
+            ("connection", "keep-alive, x-trace"),
+            ("x-trace", "1"),
+            ("te", "trailers"),
+            ("x-drop", "1"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("accept", "*/*"),
+        ]);
+        let secret = [(
+            HeaderName::from_static("x-gateway-secret"),
+            HeaderValue::from_static("s3cret"),
+        )];
+        let rules = HeaderRules {
+            set: vec![(
+                HeaderName::from_static("x-route"),
+                HeaderValue::from_static("r"),
+            )],
+            remove: vec![HeaderName::from_static("x-drop")],
+        };
+        let destination = Destination {
+            upstream_headers: &secret,
+            route_headers: &rules,
+            host: Host::Name("10.0.0.7:8080"),
+        };
+        rewrite_upstream_request(&mut req, &forwarding(true), &destination).expect("valid");
+        for gone in ["x-api-key", "connection", "x-trace", "te", "x-drop"] {
+            assert_eq!(value(&req, gone), None, "{gone}");
+        }
+        assert_eq!(value(&req, "x-gateway-secret"), Some("s3cret"));
+        assert_eq!(value(&req, "x-route"), Some("r"));
+        assert_eq!(value(&req, "x-forwarded-for"), Some("203.0.113.9"));
+        assert_eq!(value(&req, "x-forwarded-proto"), Some("https"));
+        assert_eq!(value(&req, "x-forwarded-host"), Some("api.example.com"));
+        assert_eq!(value(&req, "x-request-id"), Some("req-1"));
+        assert_eq!(value(&req, "host"), Some("10.0.0.7:8080"));
+        assert_eq!(value(&req, "accept"), Some("*/*"));
+    }
+
+    #[test]
+    fn upgrades_keep_their_connection_header_and_preserve_host_keeps_host() {
+        let mut req = head(&[
+            ("host", "ws.example.com"),
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        let destination = Destination {
+            upstream_headers: &[],
+            route_headers: &HeaderRules::default(),
+            host: Host::Keep,
+        };
+        rewrite_upstream_request(&mut req, &forwarding(false), &destination).expect("valid");
+        assert_eq!(value(&req, "connection"), Some("upgrade"));
+        assert_eq!(value(&req, "upgrade"), Some("websocket"));
+        assert_eq!(value(&req, "host"), Some("ws.example.com"));
+        assert_eq!(value(&req, "x-forwarded-proto"), Some("http"));
+    }
+
+    #[test]
+    fn answers_lose_secrets_and_hop_by_hop_headers_and_carry_the_request_id() {
+        let secret = HeaderName::from_static("x-gateway-secret");
+        let mut resp = head(&[
+            ("x-gateway-secret", "s3cret"),
+            ("connection", "keep-alive"),
+            ("keep-alive", "timeout=5"),
+            ("x-server", "a"),
+        ]);
+        let rules = HeaderRules {
+            set: vec![(
+                HeaderName::from_static("x-served-by"),
+                HeaderValue::from_static("gw"),
+            )],
+            remove: vec![HeaderName::from_static("x-server")],
+        };
+        rewrite_upstream_response(&mut resp, std::slice::from_ref(&secret), false, &rules)
+            .expect("valid");
+        let window = Window {
+            allowed: true,
+            limit: 10,
+            remaining: 3,
+            reset_ms: 4_500,
+            retry_after_ms: 0,
+        };
+        stamp_answer(&mut resp, "req-9", Some(window)).expect("valid");
+        for gone in ["x-gateway-secret", "connection", "keep-alive", "x-server"] {
+            assert_eq!(value(&resp, gone), None, "{gone}");
+        }
+        assert_eq!(value(&resp, "x-served-by"), Some("gw"));
+        assert_eq!(value(&resp, "x-request-id"), Some("req-9"));
+        assert_eq!(value(&resp, "ratelimit-limit"), Some("10"));
+        assert_eq!(value(&resp, "ratelimit-remaining"), Some("3"));
+        assert_eq!(value(&resp, "ratelimit-reset"), Some("5"));
+        // A 101 keeps `connection: upgrade` for the client.
+        let mut switching = head(&[("connection", "upgrade"), ("upgrade", "websocket")]);
+        rewrite_upstream_response(&mut switching, &[], true, &HeaderRules::default())
+            .expect("valid");
+        assert_eq!(value(&switching, "connection"), Some("upgrade"));
+    }
+
+    #[test]
+    fn upstream_targets() {
+        assert_eq!(
+            upstream_target("/api/users/1", Some("a=1"), None, false),
+            None
+        );
+        assert_eq!(
+            upstream_target("/api/users/1", Some("a=1"), Some(1), false).as_deref(),
+            Some("/users/1?a=1")
+        );
+        assert_eq!(
+            upstream_target("/users", None, None, true).as_deref(),
+            Some("/users")
+        );
+        assert_eq!(
+            upstream_target("/api", None, Some(1), false).as_deref(),
+            Some("/")
+        );
+    }
+
+    #[test]
+    fn request_ids() {
+        assert!(is_valid_request_id(b"abc-123_X.y:z"));
+        assert!(!is_valid_request_id(b""));
+        assert!(!is_valid_request_id(&[b'a'; 129]));
+        assert!(is_valid_request_id(&[b'a'; 128]));
+        assert!(!is_valid_request_id(b"a b"));
+        assert!(!is_valid_request_id(b"a\r\nx: y"));
+        let id = new_request_id();
+        assert!(is_valid_request_id(id.as_bytes()));
+        assert_ne!(id, new_request_id());
+    }
+}

@@ -1,0 +1,13 @@
+//! The pure core: the config, the router, keys, forwarding rules, head checks,
+//! the gateway's own answers, rate limits and aggregate templates. No Pingora
+//! type appears here (tests/layers.rs checks it), so all of it is unit-tested
+//! without a server.
+
+pub mod aggregate;
+pub mod auth;
+pub mod config;
+pub mod forward;
+pub mod head;
+pub mod limit;
+pub mod reply;
+pub mod router;

@@ -1,0 +1,365 @@
+//! Client connections, before Pingora's HTTP layer reads them: the connection
+//! limit, the header-read and idle timeouts, and the head check of [`crate::core::head`]
+//! for every HTTP/1 request, refused with the gateway's own JSON 400 or 431
+//! (SPEC §3 `limits`, §4).
+//!
+//! Pingora reads a head with a fresh 60 s timeout per read, allows 1 MiB and
+//! answers a malformed one with a bare 400 that no hook sees. So this layer reads
+//! the head itself, judges it, and hands the bytes to Pingora's session as already
+//! read (`set_pipelined_prefix`): no second read, no copy. HTTP/2 connections (TLS
+//! with ALPN h2) go straight to Pingora: h2 framing has no length ambiguity, and
+//! its header list is bounded by the proxy's `h2_options`.
+
+use crate::core::config::LogFormat;
+use crate::core::forward;
+use crate::core::head::{self, Verdict};
+use crate::core::reply::Refusal;
+use crate::net::client_stream::ClientStream;
+use crate::proxy::Portcullis;
+use crate::tables::{ClientLimits, Gateway};
+use crate::telemetry::access_log::{self, Entry};
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::BytesMut;
+use http::Method;
+use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::{Stream, ALPN};
+use pingora_core::server::ShutdownWatch;
+use pingora_proxy::HttpProxy;
+use std::cell::RefCell;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::runtime::{Handle, RuntimeFlavor};
+
+/// The first read buffer of a request head; Pingora's own initial size.
+const HEAD_BUFFER: usize = 4096;
+/// How long a refusal may take to write, and how long the unread rest of the
+/// request is drained after it so the close does not reset the answer away.
+const REFUSAL_WRITE: Duration = Duration::from_secs(5);
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+const REFUSAL_LINGER_BYTES: usize = 64 * 1024;
+
+/// The gateway's listening app: guards each client connection, then lets the
+/// Pingora proxy serve its requests.
+pub struct ClientConnections {
+    pub proxy: Arc<HttpProxy<Portcullis>>,
+    pub tables: Arc<ArcSwap<Gateway>>,
+    pub log_format: LogFormat,
+    open: Arc<AtomicUsize>,
+}
+
+impl ClientConnections {
+    pub fn new(
+        proxy: HttpProxy<Portcullis>,
+        tables: Arc<ArcSwap<Gateway>>,
+        log_format: LogFormat,
+    ) -> Self {
+        ClientConnections {
+            proxy: Arc::new(proxy),
+            tables,
+            log_format,
+            open: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+}
+
+/// One open client connection, counted against `max_connections` while it lives.
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl OpenConnection {
+    fn enter(open: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+        if open.fetch_add(1, Ordering::AcqRel) >= max {
+            open.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(OpenConnection(open.clone()))
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What reading a request head came to.
+enum Head {
+    /// A complete head that passed [`head::inspect`], and whatever followed it.
+    Ready(BytesMut),
+    /// The client closed, went quiet past a timeout, or the server is stopping.
+    Gone,
+    /// Answer this refusal and close; `why` is for the log.
+    Refused {
+        refusal: Refusal,
+        why: &'static str,
+        read: BytesMut,
+    },
+}
+
+#[async_trait]
+impl ServerApp for ClientConnections {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let limits = self.tables.load().client_limits;
+        let Some(open) = OpenConnection::enter(&self.open, limits.max_connections) else {
+            warn_connection_refused(limits.max_connections);
+            return None; // dropping the stream closes it
+        };
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            return ServerApp::process_new(&self.proxy, stream, shutdown).await;
+        }
+        let stream: Stream = Box::new(ClientStream::new(stream));
+        // On a current-thread runtime (`threads: 1`) the rest of the connection's
+        // life goes to a task of its own. Pingora's accept task is sized for the
+        // TLS handshake it ran (2.5 KiB) and would otherwise hold that for as long
+        // as the client stays, idle or not: 25 MiB for 10,000 idle clients. With
+        // several worker threads the move makes Pingora's upstream pool lose a
+        // race (`failed to acquire reusable stream`: the idle watcher on one
+        // worker still holds the connection's `Arc` when another takes it), and
+        // connections stop being reused, so there the connection stays put.
+        if Handle::current().runtime_flavor() != RuntimeFlavor::CurrentThread {
+            self.serve_http1(stream, shutdown).await;
+            return None;
+        }
+        let connections = self.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _open = open;
+            connections.serve_http1(stream, &shutdown).await;
+        });
+        None
+    }
+
+    async fn cleanup(&self) {
+        self.proxy.http_cleanup().await;
+    }
+}
+
+impl ClientConnections {
+    /// Serves one HTTP/1 connection's requests, one head at a time.
+    async fn serve_http1(&self, mut stream: Stream, shutdown: &ShutdownWatch) {
+        let mut settings: Option<HttpPersistentSettings> = None;
+        let mut first = true;
+        loop {
+            let limits = self.tables.load().client_limits;
+            let read = match read_head(&mut stream, &limits, first, shutdown).await {
+                Head::Ready(read) => read,
+                Head::Gone => return,
+                Head::Refused { refusal, why, read } => {
+                    return self.refuse(stream, refusal, why, &read).await;
+                }
+            };
+            first = false;
+            let mut session = ServerSession::new_http1(stream);
+            if let Some(settings) = settings.take() {
+                settings.apply_to_session(&mut session);
+            }
+            // Idle time between requests is ours to enforce (`read_head`); this
+            // only tells Pingora the connection may be kept alive.
+            let keepalive = (!*shutdown.borrow()).then(|| limits.idle_timeout.as_secs().max(1));
+            session.set_keepalive(keepalive);
+            if let ServerSession::H1(h1) = &mut session {
+                h1.set_pipelined_prefix(read);
+            }
+            let Some(reused) = self.proxy.process_new_http(session, shutdown).await else {
+                return;
+            };
+            (stream, settings) = reused.consume();
+        }
+    }
+
+    /// Answers a refused head with the gateway's JSON, logs and counts it as a
+    /// request that matched no route, and closes the connection.
+    async fn refuse(&self, mut stream: Stream, refusal: Refusal, why: &str, read: &[u8]) {
+        let started = Instant::now();
+        let gw = self.tables.load();
+        let request_id = forward::new_request_id();
+        let mut reply = refusal.reply(&request_id, gw.auth_header.as_str());
+        reply.close = true; // the head cannot be trusted, nor what follows it
+        let answer = reply.to_http1();
+        let status = reply.status;
+        let client = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        log::debug!("refused a request head from {client:?}: {why}");
+
+        let written = tokio::time::timeout(REFUSAL_WRITE, async {
+            stream.write_all(&answer).await?;
+            stream.flush().await?;
+            stream.shutdown().await
+        })
+        .await;
+        if matches!(written, Ok(Ok(()))) {
+            linger(&mut stream).await;
+        }
+
+        let (method, path) = request_line(read);
+        gw.unrouted.count_request(
+            &Method::from_bytes(method.as_bytes()).unwrap_or(Method::GET),
+            status,
+        );
+        gw.unrouted
+            .duration
+            .observe(started.elapsed().as_secs_f64());
+        let client = client.map(|c| c.to_string());
+        let line = Entry {
+            request_id: &request_id,
+            client: client.as_deref(),
+            method: &method,
+            path: &path,
+            route: &gw.unrouted.route,
+            consumer: None,
+            status,
+            upstream: None,
+            peer: None,
+            upstream_status: None,
+            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+            upstream_ms: None,
+            bytes_in: 0,
+            bytes_out: reply.body.len() as u64,
+            error: Some(refusal.code()),
+        }
+        .render(self.log_format);
+        access_log::write(line);
+    }
+}
+
+/// Reads one request head. A new connection has `header_read_timeout` from its
+/// accept for the whole head; a kept-alive one may first idle `idle_timeout`,
+/// and then has `header_read_timeout` from its first byte. Slow drips gain
+/// nothing: the deadline is for the whole head, not per read.
+async fn read_head(
+    stream: &mut Stream,
+    limits: &ClientLimits,
+    first: bool,
+    shutdown: &ShutdownWatch,
+) -> Head {
+    // No buffer while waiting: an idle keep-alive connection holds none (10,000
+    // idle clients would otherwise pin 40 MiB). The wait ends with the first
+    // bytes, read through a per-thread scratch buffer: usually the whole head.
+    let mut read = BytesMut::new();
+    let mut shutdown = shutdown.clone();
+    let mut deadline = Instant::now()
+        + if first {
+            limits.header_read_timeout
+        } else {
+            limits.idle_timeout
+        };
+    loop {
+        let idle = read.is_empty();
+        let got = tokio::time::timeout_at(deadline.into(), async {
+            if idle {
+                // Between requests a stopping server closes the connection.
+                tokio::select! {
+                    biased;
+                    n = first_bytes(stream, &mut read) => n.ok(),
+                    _ = shutdown.wait_for(|stopping| *stopping) => None,
+                }
+            } else {
+                if read.capacity() - read.len() < HEAD_BUFFER / 4 {
+                    read.reserve(HEAD_BUFFER);
+                }
+                stream.read_buf(&mut read).await.ok()
+            }
+        })
+        .await;
+        match got {
+            Ok(Some(n)) if n > 0 => {}
+            _ => return Head::Gone,
+        }
+        if idle && !first {
+            deadline = Instant::now() + limits.header_read_timeout;
+        }
+        match head::inspect(&read, limits.max_header_bytes) {
+            Verdict::Incomplete => {}
+            Verdict::Complete(_) => return Head::Ready(read),
+            Verdict::TooLarge => {
+                return Head::Refused {
+                    refusal: Refusal::HeadersTooLarge,
+                    why: "request head too large",
+                    read,
+                }
+            }
+            Verdict::Malformed(why) => {
+                return Head::Refused {
+                    refusal: Refusal::BadRequest,
+                    why,
+                    read,
+                }
+            }
+        }
+    }
+}
+
+/// Waits for a connection's next bytes and appends them to `read` (empty), with
+/// room for the rest of a head. The bytes land in a per-thread scratch buffer
+/// borrowed only inside one poll, so a waiting connection holds no buffer, yet a
+/// head that arrived whole is read by one syscall (a 1-byte wait would take two).
+async fn first_bytes(stream: &mut Stream, read: &mut BytesMut) -> std::io::Result<usize> {
+    thread_local! {
+        static SCRATCH: RefCell<[u8; HEAD_BUFFER]> = const { RefCell::new([0; HEAD_BUFFER]) };
+    }
+    std::future::poll_fn(|cx| {
+        SCRATCH.with_borrow_mut(|scratch| {
+            let mut buf = ReadBuf::new(scratch);
+            ready!(Pin::new(&mut *stream).poll_read(cx, &mut buf))?;
+            let got = buf.filled();
+            if !got.is_empty() {
+                read.reserve(got.len().max(HEAD_BUFFER));
+                read.extend_from_slice(got);
+            }
+            Poll::Ready(Ok(got.len()))
+        })
+    })
+    .await
+}
+
+/// Reads and drops what the client still sends, for a moment, so closing with
+/// unread bytes does not reset the connection before the client has the answer.
+async fn linger(stream: &mut Stream) {
+    // On the heap: an array here would sit in every connection's future, idle
+    // or not (4 KiB each, 40 MiB for 10,000 idle clients).
+    let mut sink = vec![0u8; 4096];
+    let mut drained = 0;
+    let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+        while drained < REFUSAL_LINGER_BYTES {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    })
+    .await;
+}
+
+/// The method and path (without query) of a refused head, for the access log,
+/// as far as they can be read; bounded so a huge target does not flood the log.
+fn request_line(read: &[u8]) -> (String, String) {
+    const MAX_LOGGED: usize = 256;
+    let line = read.split(|&b| b == b'\n').next().unwrap_or_default();
+    let mut parts = line.split(|&b| b == b' ');
+    let method = parts.next().unwrap_or_default();
+    let target = parts.next().unwrap_or_default();
+    let path = target.split(|&b| b == b'?').next().unwrap_or_default();
+    let text = |bytes: &[u8]| {
+        let bytes = &bytes[..bytes.len().min(MAX_LOGGED)];
+        String::from_utf8_lossy(bytes).escape_default().to_string()
+    };
+    (text(&method[..method.len().min(16)]), text(path))
+}
+
+/// Logs connections refused over `max_connections`, at most once a second.
+fn warn_connection_refused(max: usize) {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    if crate::telemetry::process_log::once_a_second(&LAST) {
+        log::warn!("{max} client connections open (limits.max_connections): closing new ones");
+    }
+}

@@ -1,0 +1,219 @@
+//! What earlier phases decided, for the later ones: the per-request context,
+//! the peer a request holds, and the process-wide count of requests in flight.
+
+use crate::core::auth::ConsumerId;
+use crate::core::forward::{self, Forwarding, X_REQUEST_ID};
+use crate::core::limit::Window;
+use crate::tables::{Gateway, Route, Target};
+use crate::telemetry::metrics::RouteMetrics;
+use http::HeaderName;
+use pingora_proxy::Session;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Requests between `request_filter` and the end of `logging`, process-wide:
+/// a graceful shutdown exits as soon as this reaches zero.
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// How many requests are being handled right now.
+pub fn in_flight() -> usize {
+    IN_FLIGHT.load(Ordering::Acquire)
+}
+
+/// One request counted in [`in_flight`] until dropped (with its context, after
+/// `logging` has queued the access-log line).
+pub struct InFlight(());
+
+impl InFlight {
+    pub fn enter() -> InFlight {
+        IN_FLIGHT.fetch_add(1, Ordering::AcqRel);
+        InFlight(())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A request counted on one peer of an upstream (for `least_connections`)
+/// until dropped, however the request ends.
+pub struct PeerLease {
+    gateway: Arc<Gateway>,
+    upstream: usize,
+    peer: usize,
+}
+
+impl PeerLease {
+    pub fn take(gateway: &Arc<Gateway>, upstream: usize, peer: usize) -> PeerLease {
+        gateway.upstreams[upstream].acquire(peer);
+        PeerLease {
+            gateway: gateway.clone(),
+            upstream,
+            peer,
+        }
+    }
+
+    pub fn peer(&self) -> usize {
+        self.peer
+    }
+}
+
+impl Drop for PeerLease {
+    fn drop(&mut self) {
+        self.gateway.upstreams[self.upstream].release(self.peer);
+    }
+}
+
+/// The client as the forwarding rules see it.
+pub struct Client {
+    pub ip: IpAddr,
+    /// `ip` as text, for the access log.
+    pub text: String,
+}
+
+/// What earlier phases decided, for the later ones.
+pub struct RequestCtx {
+    /// The tables this request started with, kept to its end across reloads.
+    pub gateway: Arc<Gateway>,
+    pub started: Instant,
+    pub request_id: String,
+    pub client: Option<Client>,
+    pub forwarded_for: String,
+    /// Whether the client came over TLS (`x-forwarded-proto: https`).
+    pub https: bool,
+    pub route: Option<usize>,
+    pub consumer: Option<ConsumerId>,
+    /// The route's timeout, from the request's start.
+    pub deadline: Option<Instant>,
+    /// The rate-limit window the `ratelimit-*` headers describe.
+    pub rate: Option<Window>,
+    /// The peer in use, and every peer tried, for retries on another one.
+    pub lease: Option<PeerLease>,
+    pub tried: Vec<usize>,
+    pub upstream_started: Option<Instant>,
+    pub upstream_elapsed: Option<Duration>,
+    pub upstream_status: Option<u16>,
+    /// Request body bytes sent upstream so far, against `max_body`.
+    pub body_bytes: u64,
+    /// The `error` code of the gateway's own answer, for the access log; set by
+    /// the one writer of those answers (`answer.rs`).
+    pub error: Option<&'static str>,
+    /// Whether the request was counted in its route's `requests_in_flight`.
+    pub counted_in_flight: bool,
+    pub in_flight: Option<InFlight>,
+}
+
+impl RequestCtx {
+    pub fn new(gateway: Arc<Gateway>) -> RequestCtx {
+        RequestCtx {
+            gateway,
+            started: Instant::now(),
+            request_id: String::new(),
+            client: None,
+            forwarded_for: String::new(),
+            https: false,
+            route: None,
+            consumer: None,
+            deadline: None,
+            rate: None,
+            lease: None,
+            tried: Vec::new(),
+            upstream_started: None,
+            upstream_elapsed: None,
+            upstream_status: None,
+            body_bytes: 0,
+            error: None,
+            counted_in_flight: false,
+            in_flight: None,
+        }
+    }
+
+    /// Notes who is asking (SPEC §4): the request id kept or made, the client
+    /// and its `x-forwarded-for`, and whether it came over TLS.
+    pub fn identify(&mut self, session: &Session) {
+        const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+        let req = session.req_header();
+        self.request_id = match req.headers.get(&X_REQUEST_ID) {
+            Some(id) if forward::is_valid_request_id(id.as_bytes()) => {
+                String::from_utf8_lossy(id.as_bytes()).into_owned()
+            }
+            _ => forward::new_request_id(),
+        };
+        if let Some(peer) = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+        {
+            // Several x-forwarded-for lines form one list (RFC 9110 §5.3).
+            let lines: Vec<&str> = req
+                .headers
+                .get_all(X_FORWARDED_FOR)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            let incoming = (!lines.is_empty()).then(|| lines.join(", "));
+            let forwarded =
+                forward::forwarded_for(peer, incoming.as_deref(), &self.gateway.trusted_proxies);
+            self.client = Some(Client {
+                ip: forwarded.client,
+                text: forwarded.client_text,
+            });
+            self.forwarded_for = forwarded.header;
+        }
+        self.https = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+    }
+
+    /// What this request sends upstream besides the client's own headers.
+    pub fn forwarding(&self) -> Forwarding<'_> {
+        Forwarding {
+            key_header: &self.gateway.auth_header,
+            forwarded_for: &self.forwarded_for,
+            https: self.https,
+            request_id: &self.request_id,
+        }
+    }
+
+    pub fn route(&self) -> Option<&Route> {
+        self.route.map(|i| &self.gateway.routes[i])
+    }
+
+    /// The metrics this request counts in: its route's, or `route="none"`.
+    pub fn metrics(&self) -> &RouteMetrics {
+        self.route().map_or(&self.gateway.unrouted, |r| &r.metrics)
+    }
+
+    /// The upstream this request is proxied to, if any.
+    pub fn upstream_index(&self) -> Option<usize> {
+        match self.route()?.target {
+            Target::Upstream { upstream, .. } => Some(upstream),
+            Target::Aggregate(_) | Target::Respond(_) => None,
+        }
+    }
+
+    /// The peer in use, if any.
+    pub fn peer(&self) -> Option<usize> {
+        self.lease.as_ref().map(PeerLease::peer)
+    }
+
+    /// Whether the route's timeout has passed.
+    pub fn deadline_passed(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// The client address's bytes, as the consistent-hash key.
+    pub fn hash_key(&self) -> ([u8; 16], usize) {
+        let mut key = [0u8; 16];
+        match self.client.as_ref().map(|c| c.ip) {
+            Some(IpAddr::V4(v4)) => {
+                key[..4].copy_from_slice(&v4.octets());
+                (key, 4)
+            }
+            Some(IpAddr::V6(v6)) => (v6.octets(), 16),
+            None => (key, 0),
+        }
+    }
+}

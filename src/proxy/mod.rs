@@ -1,0 +1,180 @@
+//! The Pingora `ProxyHttp` implementation. Each phase says in a line or two
+//! what it does and calls the one module that does it:
+//!
+//! - `request_filter`: who asks ([`ctx`]), may they ([`admit`]), then answer
+//!   a refusal or a route's own answer ([`answer`], [`fan_out`]) or go on;
+//! - `upstream_peer`, `fail_to_connect`, `error_while_proxy`,
+//!   `upstream_request_filter`, the body filters: the upstream attempt
+//!   ([`upstream`], on the kit shared with fan-out, [`attempt`]);
+//! - `response_filter`: the answer's headers ([`answer`]);
+//! - `fail_to_proxy`: the refusal an error carries, answered ([`answer`]);
+//! - `logging`: metrics and the access-log line ([`record`]).
+
+pub mod admit;
+pub mod answer;
+pub mod attempt;
+pub mod ctx;
+pub mod fan_out;
+mod headers;
+pub mod record;
+pub mod upstream;
+
+pub use ctx::{in_flight, RequestCtx};
+
+use crate::core::config::LogFormat;
+use crate::tables::{Gateway, Target};
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use fan_out::FanOut;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::{Error, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use record::TELEMETRY;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The gateway as a Pingora proxy: reads the current tables for each request.
+pub struct Portcullis {
+    pub tables: Arc<ArcSwap<Gateway>>,
+    pub log_format: LogFormat,
+    /// Fetches aggregate routes' parts over its own pooled connections.
+    pub fan_out: FanOut,
+}
+
+#[async_trait]
+impl ProxyHttp for Portcullis {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new(self.tables.load_full())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.identify(session);
+        if let Err(refusal) = admit::admit_request(session, ctx).await {
+            answer::refuse(session, ctx, refusal).await?;
+            return Ok(true);
+        }
+        let gateway = ctx.gateway.clone();
+        match ctx.route.map(|i| &gateway.routes[i].target) {
+            Some(Target::Respond(reply)) => answer::route_answer(session, ctx, reply).await?,
+            Some(Target::Aggregate(_)) => self.fan_out.answer(session, ctx).await?,
+            Some(Target::Upstream { .. }) | None => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        upstream::next_peer(ctx, session.is_upgrade_req())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Nothing was sent yet, so another peer may take the request.
+        if upstream::connect_failed(ctx) {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("peer {peer}"));
+        let replayable = session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated();
+        upstream::proxy_failed(ctx, &mut e, replayable, client_reused);
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        upstream::prepare_request(session.req_header(), upstream_request, ctx)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        upstream::body_chunk(ctx, body.as_ref().map_or(0, Bytes::len))
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        upstream::note_answer(ctx, upstream_response, TELEMETRY);
+        Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        upstream::answer_in_time(ctx)?;
+        Ok(None)
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        answer::rewrite_upstream_answer(upstream_response, ctx)
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        upstream::count_error(ctx, e);
+        FailToProxy {
+            error_code: answer::answer_failure(session, ctx, e).await,
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// What Pingora's own error lines say of a request: never the query string,
+    /// which may hold secrets.
+    fn request_summary(&self, session: &Session, _ctx: &RequestCtx) -> String {
+        let req = session.req_header();
+        format!("{} {}", req.method, req.uri.path())
+    }
+
+    /// Last: the peer lease and the in-flight count go with the context, once
+    /// the access-log line is queued.
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        record::record(session, ctx, self.log_format);
+    }
+}

@@ -1,0 +1,76 @@
+//! A request's metrics and its access-log line (SPEC §5, §6), once, at its end.
+
+use super::ctx::RequestCtx;
+use crate::core::config::LogFormat;
+use crate::tables::Target;
+use crate::telemetry::access_log::{self, Entry};
+use pingora_proxy::Session;
+
+/// The status logged when the client closed the connection before any answer.
+const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+/// Per-request metrics and access-log lines. Off only in the bench build of
+/// `benches/telemetry_cost.sh`, which measures what they cost; never in a release.
+pub const TELEMETRY: bool = !cfg!(feature = "bench-no-telemetry");
+
+/// Counts a request in its route's `requests_in_flight` until [`record`].
+pub fn enter(ctx: &mut RequestCtx) {
+    if TELEMETRY {
+        ctx.metrics().in_flight.inc();
+    }
+    ctx.counted_in_flight = true;
+}
+
+/// Records a finished request: its metrics and its access-log line.
+pub fn record(session: &Session, ctx: &RequestCtx, log_format: LogFormat) {
+    if !TELEMETRY {
+        return;
+    }
+    let gw = &ctx.gateway;
+    let upstream = ctx.upstream_index().map(|i| &gw.upstreams[i]);
+    let metrics = ctx.metrics();
+    let req = session.req_header();
+    // No answer was written: the client went away first (nginx's 499).
+    let status = session
+        .response_written()
+        .map_or(CLIENT_CLOSED_REQUEST, |r| r.status.as_u16());
+    let elapsed = ctx.started.elapsed();
+    let bytes_in = session.body_bytes_read() as u64;
+    let bytes_out = session.body_bytes_sent() as u64;
+
+    metrics.count_request(&req.method, status);
+    metrics.duration.observe(elapsed.as_secs_f64());
+    if ctx.counted_in_flight {
+        metrics.in_flight.dec();
+    }
+    metrics.request_bytes.inc_by(bytes_in);
+    metrics.response_bytes.inc_by(bytes_out);
+
+    let upstream_name = match ctx.route().map(|r| &r.target) {
+        Some(Target::Aggregate(a)) => ctx.upstream_elapsed.map(|_| a.upstreams_label.as_str()),
+        _ => upstream
+            .filter(|_| !ctx.tried.is_empty())
+            .map(|u| u.name.as_str()),
+    };
+    let line = Entry {
+        request_id: &ctx.request_id,
+        client: ctx.client.as_ref().map(|c| c.text.as_str()),
+        method: req.method.as_str(),
+        path: req.uri.path(),
+        route: &metrics.route,
+        consumer: ctx.consumer.map(|c| gw.keys.consumer_name(c)),
+        status,
+        upstream: upstream_name,
+        peer: upstream
+            .zip(ctx.tried.last())
+            .map(|(u, &p)| u.peers[p].label.as_str()),
+        upstream_status: ctx.upstream_status,
+        duration_ms: elapsed.as_secs_f64() * 1000.0,
+        upstream_ms: ctx.upstream_elapsed.map(|d| d.as_secs_f64() * 1000.0),
+        bytes_in,
+        bytes_out,
+        error: ctx.error,
+    }
+    .render(log_format);
+    access_log::write(line);
+}

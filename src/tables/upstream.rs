@@ -1,0 +1,484 @@
+//! Upstreams: their peers, the balancer that picks one, and the `HttpPeer` that
+//! Pingora connects (and pools connections) with.
+
+use crate::core::config;
+use futures::FutureExt;
+use http::{HeaderName, HeaderValue};
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_load_balancing::discovery::Static;
+use pingora_load_balancing::health_check::HttpHealthCheck;
+use pingora_load_balancing::selection::{
+    BackendIter, BackendSelection, Consistent, Random, RoundRobin,
+};
+use pingora_load_balancing::{Backend, Backends, HealthRegistry, LoadBalancer};
+use std::collections::{BTreeSet, HashMap};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+/// How many candidates a balancer may look at before giving up.
+const MAX_SELECT_ITERATIONS: usize = 256;
+/// How often an upstream's `health_check` runs when it names no `interval`.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// One peer of an upstream.
+#[derive(Debug)]
+pub struct Peer {
+    /// The peer as written in the config (the `peer` label and log field).
+    pub label: String,
+    pub addr: SocketAddr,
+    /// `ip:port`, the host header sent to this peer by default.
+    pub host: HeaderValue,
+    /// Requests currently sent to this peer (for `least_connections`).
+    active: AtomicUsize,
+}
+
+/// Connect, read, write and idle timeouts for one upstream.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub read: Duration,
+    pub write: Duration,
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(1),
+            read: Duration::from_secs(30),
+            write: Duration::from_secs(30),
+            idle: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The selection algorithms of pingora-load-balancing; least-connections, which
+/// it lacks, counts active requests per peer and keeps its health view.
+enum Balancer {
+    RoundRobin(LoadBalancer<RoundRobin>),
+    Random(LoadBalancer<Random>),
+    ConsistentHash(LoadBalancer<Consistent>),
+    LeastConnections(LoadBalancer<RoundRobin>),
+}
+
+/// Why no peer could be picked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoPeer {
+    /// Every peer is marked unhealthy.
+    AllUnhealthy,
+    /// Every healthy peer was tried already for this request.
+    AllTried,
+}
+
+pub struct Upstream {
+    pub name: String,
+    pub peers: Vec<Peer>,
+    balancer: Balancer,
+    /// How often the active health check runs; `None`: passive only.
+    pub health_interval: Option<Duration>,
+    pub tls: bool,
+    pub sni: String,
+    pub verify: bool,
+    pub timeouts: Timeouts,
+    /// Further peers to try when connecting fails.
+    pub retries: u32,
+    /// Set on every request to this upstream (the gateway secret).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print `headers`: they hold the gateway secret.
+        f.debug_struct("Upstream")
+            .field("name", &self.name)
+            .field("peers", &self.peers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Upstream {
+    /// Builds an upstream, resolving peer names now (never on the request path).
+    /// The error names the peer that failed and why.
+    pub fn build(name: &str, conf: &config::Upstream) -> Result<Upstream, (usize, String)> {
+        let mut peers = Vec::with_capacity(conf.peers.value.len());
+        for (i, written) in conf.peers.value.iter().enumerate() {
+            let addr = resolve(&written.value, &written.shown()).map_err(|msg| (i, msg))?;
+            let host = HeaderValue::from_str(&addr.to_string()).map_err(|_| {
+                (
+                    i,
+                    "the peer's address is not a valid host header".to_string(),
+                )
+            })?;
+            peers.push(Peer {
+                label: written.value.clone(),
+                addr,
+                host,
+                active: AtomicUsize::new(0),
+            });
+        }
+        let t = conf.timeouts.as_ref();
+        let d = Timeouts::default();
+        let timeouts = Timeouts {
+            connect: t.and_then(|t| t.connect).unwrap_or(d.connect),
+            read: t.and_then(|t| t.read).unwrap_or(d.read),
+            write: t.and_then(|t| t.write).unwrap_or(d.write),
+            idle: t.and_then(|t| t.idle).unwrap_or(d.idle),
+        };
+        let headers = conf.headers.clone().map(|h| h.0).unwrap_or_default();
+        let tls = conf.tls.unwrap_or(false);
+        let sni = conf.sni.clone().unwrap_or_default();
+        let verify = conf.verify.unwrap_or(true);
+        let registry = conf.health_check.as_ref().map(|hc| {
+            let check = CheckSettings {
+                path: hc.path.value.clone(),
+                host: if sni.is_empty() {
+                    name.to_string()
+                } else {
+                    sni.clone()
+                },
+                tls,
+                verify,
+                connect: timeouts.connect,
+                headers: headers.clone(),
+            };
+            health_registry(name, check)
+        });
+        let addrs: BTreeSet<Backend> = peers
+            .iter()
+            .map(|p| Backend {
+                addr: pingora_core::protocols::l4::socket::SocketAddr::Inet(p.addr),
+                weight: 1,
+                ext: Default::default(),
+            })
+            .collect();
+        let backends = || {
+            let discovery = Static::new(addrs.clone());
+            match &registry {
+                Some(r) => Backends::new_with_health_registry(discovery, r.clone()),
+                None => Backends::new(discovery),
+            }
+        };
+        let balancer = match conf.balance.unwrap_or_default() {
+            config::Balance::RoundRobin => Balancer::RoundRobin(balancer(backends())?),
+            config::Balance::Random => Balancer::Random(balancer(backends())?),
+            config::Balance::ConsistentHash => Balancer::ConsistentHash(balancer(backends())?),
+            config::Balance::LeastConnections => Balancer::LeastConnections(balancer(backends())?),
+        };
+        Ok(Upstream {
+            name: name.to_string(),
+            peers,
+            balancer,
+            health_interval: conf
+                .health_check
+                .as_ref()
+                .map(|hc| hc.interval.unwrap_or(DEFAULT_HEALTH_INTERVAL)),
+            tls,
+            sni,
+            verify,
+            timeouts,
+            retries: conf.retries.unwrap_or(1),
+            headers,
+        })
+    }
+
+    fn backends(&self) -> &Backends {
+        match &self.balancer {
+            Balancer::RoundRobin(lb) => lb.backends(),
+            Balancer::Random(lb) => lb.backends(),
+            Balancer::ConsistentHash(lb) => lb.backends(),
+            Balancer::LeastConnections(lb) => lb.backends(),
+        }
+    }
+
+    /// One pass of the active health check over every peer (pingora's
+    /// `HttpHealthCheck`); peers that fail it get no traffic until one passes.
+    pub async fn run_health_check(&self) {
+        self.backends().run_health_check(true).await;
+    }
+
+    /// Whether each peer may take traffic now, in peer order.
+    pub fn peers_up(&self) -> Vec<bool> {
+        let backends = self.backends();
+        let all = backends.get_backend();
+        self.peers
+            .iter()
+            .map(|p| {
+                all.iter()
+                    .find(|b| b.addr.as_inet() == Some(&p.addr))
+                    .is_some_and(|b| backends.ready(b))
+            })
+            .collect()
+    }
+
+    fn peer_index(&self, addr: Option<&SocketAddr>) -> Option<usize> {
+        let addr = addr?;
+        self.peers.iter().position(|p| &p.addr == addr)
+    }
+
+    /// Picks a healthy peer not in `tried`; `key` feeds consistent hashing.
+    pub fn pick_peer(&self, key: &[u8], tried: &[usize]) -> Result<usize, NoPeer> {
+        let any_healthy = std::cell::Cell::new(false);
+        let accept = |b: &pingora_load_balancing::Backend, healthy: bool| {
+            any_healthy.set(any_healthy.get() | healthy);
+            healthy
+                && self
+                    .peer_index(b.addr.as_inet())
+                    .is_some_and(|i| !tried.contains(&i))
+        };
+        let chosen = match &self.balancer {
+            Balancer::RoundRobin(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
+            Balancer::Random(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
+            Balancer::ConsistentHash(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
+            Balancer::LeastConnections(lb) => return self.least_connected(lb, tried),
+        };
+        match chosen.and_then(|b| self.peer_index(b.addr.as_inet())) {
+            Some(i) => Ok(i),
+            None if any_healthy.get() => Err(NoPeer::AllTried),
+            None => Err(NoPeer::AllUnhealthy),
+        }
+    }
+
+    fn least_connected(
+        &self,
+        lb: &LoadBalancer<RoundRobin>,
+        tried: &[usize],
+    ) -> Result<usize, NoPeer> {
+        let backends = lb.backends();
+        let mut any_healthy = false;
+        let mut best: Option<(usize, usize)> = None;
+        for b in backends.get_backend().iter() {
+            if !backends.ready(b) {
+                continue;
+            }
+            any_healthy = true;
+            let Some(i) = self.peer_index(b.addr.as_inet()) else {
+                continue;
+            };
+            if tried.contains(&i) {
+                continue;
+            }
+            let active = self.peers[i].active.load(Ordering::Relaxed);
+            if best.is_none_or(|(_, a)| active < a) {
+                best = Some((i, active));
+            }
+        }
+        match best {
+            Some((i, _)) => Ok(i),
+            None if any_healthy => Err(NoPeer::AllTried),
+            None => Err(NoPeer::AllUnhealthy),
+        }
+    }
+
+    /// Marks a request as sent to peer `i` until [`Upstream::release`].
+    pub fn acquire(&self, i: usize) {
+        self.peers[i].active.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn release(&self, i: usize) {
+        self.peers[i].active.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Requests on peer `i` now.
+    pub fn in_use(&self, i: usize) -> usize {
+        self.peers[i].active.load(Ordering::Relaxed)
+    }
+
+    /// The peer Pingora connects to; `budget` caps the timeouts (route deadline).
+    pub fn http_peer(&self, i: usize, budget: Option<Duration>) -> Box<HttpPeer> {
+        let cap = |d: Duration| budget.map_or(d, |b| d.min(b));
+        let mut peer = HttpPeer::new(self.peers[i].addr, self.tls, self.sni.clone());
+        let o = &mut peer.options;
+        o.connection_timeout = Some(cap(self.timeouts.connect));
+        o.read_timeout = Some(cap(self.timeouts.read));
+        o.write_timeout = Some(cap(self.timeouts.write));
+        o.idle_timeout = Some(self.timeouts.idle);
+        o.verify_cert = self.verify;
+        o.verify_hostname = self.verify;
+        Box::new(peer)
+    }
+}
+
+/// A balancer over `backends`, its selection built now (static peers).
+fn balancer<S>(backends: Backends) -> Result<LoadBalancer<S>, (usize, String)>
+where
+    S: BackendSelection + 'static,
+    S::Iter: BackendIter,
+{
+    let lb = LoadBalancer::from_backends(backends);
+    match lb.update().now_or_never() {
+        Some(Ok(())) => Ok(lb),
+        Some(Err(e)) => Err((0, format!("cannot build the balancer: {e}"))),
+        None => Err((
+            0,
+            "cannot build the balancer: discovery blocked".to_string(),
+        )),
+    }
+}
+
+/// What an upstream's active health check sends, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CheckSettings {
+    path: String,
+    host: String,
+    tls: bool,
+    verify: bool,
+    connect: Duration,
+    /// The upstream's `headers`: backends that want the gateway secret want it
+    /// on health checks too.
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl CheckSettings {
+    fn health_check(&self) -> Option<HttpHealthCheck> {
+        let mut check = HttpHealthCheck::new(&self.host, self.tls);
+        check.req.set_uri(self.path.parse().ok()?);
+        for (name, value) in &self.headers {
+            check.req.insert_header(name.clone(), value.clone()).ok()?;
+        }
+        let o = &mut check.peer_template.options;
+        o.connection_timeout = Some(self.connect);
+        o.read_timeout = Some(self.connect.max(Duration::from_secs(1)));
+        o.verify_cert = self.verify;
+        o.verify_hostname = self.verify;
+        // Any 2xx is healthy (Pingora's default accepts only 200).
+        check.validator = Some(Box::new(|resp| {
+            if resp.status.is_success() {
+                Ok(())
+            } else {
+                pingora_core::Error::e_explain(
+                    pingora_core::ErrorType::CustomCode(
+                        "health check status",
+                        resp.status.as_u16(),
+                    ),
+                    "health check answered outside 2xx",
+                )
+            }
+        }));
+        Some(check)
+    }
+}
+
+/// The health registry of upstream `name`: one per process for as long as its
+/// check settings stay the same, so peers keep their health across reloads
+/// (a peer known down stays down in the new tables).
+fn health_registry(name: &str, settings: CheckSettings) -> Arc<HealthRegistry> {
+    /// Upstream name → the settings its registry checks with, and the registry.
+    type Registries = HashMap<String, (CheckSettings, Arc<HealthRegistry>)>;
+    static REGISTRIES: LazyLock<Mutex<Registries>> = LazyLock::new(Default::default);
+    let mut registries = REGISTRIES.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, registry)) = registries.get(name).filter(|(s, _)| *s == settings) {
+        return registry.clone();
+    }
+    let registry = Arc::new(HealthRegistry::new());
+    match settings.health_check() {
+        Some(check) => registry.set_health_check(Box::new(check)),
+        None => log::warn!("upstreams.{name}.health_check: cannot build the check request"),
+    }
+    registries.insert(name.to_string(), (settings, registry.clone()));
+    registry
+}
+
+/// `ip:port`, or `name:port` resolved to its first address; `shown` is how the
+/// peer may appear in a message (never a value from the environment).
+fn resolve(peer: &str, shown: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = peer.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let mut addrs = peer.to_socket_addrs().map_err(|e| {
+        format!("expected a peer like \"127.0.0.1:8001\" or \"host:port\", found {shown} ({e})")
+    })?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("{shown} resolves to no address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::config::{Spanned, Upstream as Conf};
+
+    fn conf(peers: &[&str], balance: config::Balance) -> Conf {
+        Conf {
+            peers: Spanned::new(
+                peers
+                    .iter()
+                    .map(|p| Spanned::new(p.to_string(), Default::default()))
+                    .collect(),
+                Default::default(),
+            ),
+            balance: Some(balance),
+            tls: None,
+            sni: None,
+            verify: None,
+            timeouts: None,
+            retries: None,
+            health_check: None,
+            headers: None,
+        }
+    }
+
+    #[test]
+    fn round_robin_visits_every_peer_and_skips_tried_ones() {
+        let up = Upstream::build(
+            "u",
+            &conf(
+                &["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"],
+                config::Balance::RoundRobin,
+            ),
+        )
+        .expect("valid upstream");
+        let mut seen: Vec<usize> = (0..3)
+            .map(|_| up.pick_peer(b"", &[]).expect("peer"))
+            .collect();
+        seen.sort();
+        assert_eq!(seen, vec![0, 1, 2]);
+        let next = up.pick_peer(b"", &[0, 1]).expect("peer");
+        assert_eq!(next, 2);
+        assert_eq!(up.pick_peer(b"", &[0, 1, 2]), Err(NoPeer::AllTried));
+    }
+
+    #[test]
+    fn least_connections_prefers_the_idle_peer() {
+        let up = Upstream::build(
+            "u",
+            &conf(
+                &["127.0.0.1:1", "127.0.0.1:2"],
+                config::Balance::LeastConnections,
+            ),
+        )
+        .expect("valid upstream");
+        up.acquire(0);
+        assert_eq!(up.pick_peer(b"", &[]), Ok(1));
+        up.acquire(1);
+        up.acquire(1);
+        assert_eq!(up.pick_peer(b"", &[]), Ok(0));
+    }
+
+    #[test]
+    fn consistent_hash_is_stable_for_a_key() {
+        let up = Upstream::build(
+            "u",
+            &conf(
+                &["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"],
+                config::Balance::ConsistentHash,
+            ),
+        )
+        .expect("valid upstream");
+        let first = up.pick_peer(b"10.1.2.3", &[]).expect("peer");
+        for _ in 0..10 {
+            assert_eq!(up.pick_peer(b"10.1.2.3", &[]), Ok(first));
+        }
+    }
+
+    #[test]
+    fn bad_peers_are_errors_not_panics() {
+        let err = Upstream::build(
+            "u",
+            &conf(&["127.0.0.1:1", "no-port"], config::Balance::Random),
+        )
+        .expect_err("bad peer");
+        assert_eq!(err.0, 1);
+    }
+}

@@ -1,0 +1,445 @@
+//! The access log of SPEC §6: one line per request on stdout.
+//!
+//! Lines go through a bounded channel to one writer thread that batches them into
+//! few `write` calls; a request never waits on stdout unless the channel is full,
+//! and then it waits rather than drop a line.
+
+use crate::core::config::LogFormat;
+use std::fmt::Write as _;
+use std::io::Write;
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::OnceLock;
+
+/// One request, as logged. Fields that never reached an upstream are `None`.
+#[derive(Debug, Clone, Default)]
+pub struct Entry<'a> {
+    pub request_id: &'a str,
+    pub client: Option<&'a str>,
+    pub method: &'a str,
+    /// Without the query string, which may hold secrets.
+    pub path: &'a str,
+    pub route: &'a str,
+    pub consumer: Option<&'a str>,
+    pub status: u16,
+    pub upstream: Option<&'a str>,
+    pub peer: Option<&'a str>,
+    pub upstream_status: Option<u16>,
+    pub duration_ms: f64,
+    pub upstream_ms: Option<f64>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub error: Option<&'a str>,
+}
+
+impl Entry<'_> {
+    /// The line, without its newline.
+    pub fn render(&self, format: LogFormat) -> String {
+        let ts = timestamp(chrono::Utc::now());
+        match format {
+            LogFormat::Json => self.json_line(&ts),
+            LogFormat::Text => format!(
+                "{ts} {} {} {} {:?} {} route={} consumer={} upstream={} peer={} duration_ms={:.3} bytes_in={} bytes_out={}{}",
+                self.request_id,
+                self.client.unwrap_or("-"),
+                self.method,
+                self.path,
+                self.status,
+                self.route,
+                self.consumer.unwrap_or("-"),
+                self.upstream.unwrap_or("-"),
+                self.peer.unwrap_or("-"),
+                self.duration_ms,
+                self.bytes_in,
+                self.bytes_out,
+                self.error.map(|e| format!(" error={e}")).unwrap_or_default(),
+            ),
+        }
+    }
+
+    /// The JSON line of SPEC §6, fields in its order. Written directly, not
+    /// through serde: the keys are constants and most values need no escaping,
+    /// and serde's per-field work was half of what telemetry cost a request
+    /// (benches/instructions.sh, benches/telemetry_cost.sh). The tests check
+    /// it against serde_json field by field, awkward strings included.
+    fn json_line(&self, ts: &str) -> String {
+        let mut out = String::with_capacity(LINE_CAPACITY);
+        push_str(&mut out, "{\"ts\":", Some(ts));
+        push_str(&mut out, ",\"request_id\":", Some(self.request_id));
+        push_str(&mut out, ",\"client\":", self.client);
+        push_str(&mut out, ",\"method\":", Some(self.method));
+        push_str(&mut out, ",\"path\":", Some(self.path));
+        push_str(&mut out, ",\"route\":", Some(self.route));
+        push_str(&mut out, ",\"consumer\":", self.consumer);
+        push_number(&mut out, ",\"status\":", Some(self.status));
+        push_str(&mut out, ",\"upstream\":", self.upstream);
+        push_str(&mut out, ",\"peer\":", self.peer);
+        push_number(&mut out, ",\"upstream_status\":", self.upstream_status);
+        push_ms(&mut out, ",\"duration_ms\":", Some(self.duration_ms));
+        push_ms(&mut out, ",\"upstream_ms\":", self.upstream_ms);
+        push_number(&mut out, ",\"bytes_in\":", Some(self.bytes_in));
+        push_number(&mut out, ",\"bytes_out\":", Some(self.bytes_out));
+        push_str(&mut out, ",\"error\":", self.error);
+        out.push('}');
+        out
+    }
+}
+
+/// `key` (its quotes and colon included), then a JSON string (RFC 8259 §7)
+/// or `null`.
+fn push_str(out: &mut String, key: &str, value: Option<&str>) {
+    out.push_str(key);
+    let Some(value) = value else {
+        out.push_str("null");
+        return;
+    };
+    out.push('"');
+    // Most values need no escape: one pass the compiler can vectorise.
+    let needs_escape = |b: u8| b < 0x20 || b == b'"' || b == b'\\';
+    if !value.bytes().fold(false, |any, b| any | needs_escape(b)) {
+        out.push_str(value);
+        out.push('"');
+        return;
+    }
+    let mut plain_from = 0;
+    for (i, byte) in value.bytes().enumerate() {
+        let escaped = match byte {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        // Every escaped byte is ASCII, so these are character boundaries.
+        out.push_str(&value[plain_from..i]);
+        if escaped.is_empty() {
+            let _ = write!(out, "\\u{byte:04x}");
+        } else {
+            out.push_str(escaped);
+        }
+        plain_from = i + 1;
+    }
+    out.push_str(&value[plain_from..]);
+    out.push('"');
+}
+
+/// `key`, then milliseconds to the microsecond, always with three decimals
+/// (a float to any reader; a log store may type a field by the first value it
+/// sees), or `null`.
+fn push_ms(out: &mut String, key: &str, ms: Option<f64>) {
+    out.push_str(key);
+    match ms.filter(|ms| ms.is_finite()) {
+        Some(ms) => {
+            // Durations are never negative; `as` saturates what is out of range.
+            let micros = (ms.max(0.0) * 1000.0).round() as u64;
+            push_u64(out, micros / 1000);
+            out.push('.');
+            push_three_digits(out, micros % 1000);
+        }
+        None => out.push_str("null"),
+    }
+}
+
+/// Decimal digits without `fmt`'s machinery (a third of a line's cost).
+fn push_u64(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &digit in &digits[start..] {
+        out.push(char::from(digit));
+    }
+}
+
+/// `n` (below 1000) as three digits, zero-padded: the fraction of a second
+/// or of a millisecond.
+fn push_three_digits(out: &mut String, n: u64) {
+    for digit in [n / 100 % 10, n / 10 % 10, n % 10] {
+        out.push(char::from(b'0' + digit as u8));
+    }
+}
+
+/// `key`, then a JSON integer or `null`.
+fn push_number(out: &mut String, key: &str, value: Option<impl Into<u64>>) {
+    out.push_str(key);
+    match value {
+        Some(n) => push_u64(out, n.into()),
+        None => out.push_str("null"),
+    }
+}
+
+/// RFC 3339 in UTC with milliseconds, as `to_rfc3339_opts(Millis, true)`
+/// writes it; the date and time of day are formatted once a second per thread.
+fn timestamp(now: chrono::DateTime<chrono::Utc>) -> String {
+    thread_local! {
+        static SECOND: std::cell::RefCell<(i64, String)> = const {
+            std::cell::RefCell::new((i64::MIN, String::new()))
+        };
+    }
+    // A leap second reports 1000+ ms; RFC 3339 has no 60.xxx here either way.
+    let millis = now.timestamp_subsec_millis().min(999);
+    SECOND.with_borrow_mut(|(second, prefix)| {
+        if *second != now.timestamp() {
+            *second = now.timestamp();
+            *prefix = now.format("%Y-%m-%dT%H:%M:%S").to_string();
+        }
+        let mut ts = String::with_capacity(prefix.len() + 5);
+        ts.push_str(prefix);
+        ts.push('.');
+        push_three_digits(&mut ts, u64::from(millis));
+        ts.push('Z');
+        ts
+    })
+}
+
+/// Bytes reserved for one JSON line: a typical line fits without regrowing.
+const LINE_CAPACITY: usize = 512;
+
+/// How long the writer lets lines gather between writes.
+const BATCH_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+
+enum Message {
+    Line(String),
+    /// Answered once every line queued before it is written out.
+    Flush(SyncSender<()>),
+}
+
+fn writer() -> &'static SyncSender<Message> {
+    static TX: OnceLock<SyncSender<Message>> = OnceLock::new();
+    TX.get_or_init(|| {
+        let (tx, rx) = sync_channel::<Message>(16 * 1024);
+        let spawned = std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || {
+                let stdout = std::io::stdout();
+                let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
+                let mut flushed = Vec::new();
+                while let Ok(first) = rx.recv() {
+                    for msg in
+                        std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok()))
+                    {
+                        match msg {
+                            Message::Line(line) => {
+                                let _ = out.write_all(line.as_bytes());
+                                let _ = out.write_all(b"\n");
+                            }
+                            Message::Flush(done) => flushed.push(done),
+                        }
+                    }
+                    let _ = out.flush();
+                    let asked_to_flush = !flushed.is_empty();
+                    for done in flushed.drain(..) {
+                        let _ = done.send(());
+                    }
+                    // Gather the next lines for a moment instead of waking for
+                    // each: a parked writer costs every request a futex wake-up
+                    // and two task switches (seen in `perf` under load).
+                    if !asked_to_flush {
+                        std::thread::sleep(BATCH_PAUSE);
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            log::error!("cannot start the access-log writer: {e}");
+        }
+        tx
+    })
+}
+
+/// Queues one line for stdout.
+pub fn write(line: String) {
+    if writer().send(Message::Line(line)).is_err() {
+        log::error!("the access-log writer has stopped; a line was lost");
+    }
+}
+
+/// Waits (up to a second) until every queued line is on stdout; before exit.
+pub fn flush() {
+    let (done_tx, done_rx) = sync_channel(1);
+    if writer().send(Message::Flush(done_tx)).is_ok() {
+        let _ = done_rx.recv_timeout(std::time::Duration::from_secs(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    /// The reference: the line as serde_json writes it.
+    #[derive(serde::Serialize)]
+    struct JsonLine<'a> {
+        ts: &'a str,
+        request_id: &'a str,
+        client: Option<&'a str>,
+        method: &'a str,
+        path: &'a str,
+        route: &'a str,
+        consumer: Option<&'a str>,
+        status: u16,
+        upstream: Option<&'a str>,
+        peer: Option<&'a str>,
+        upstream_status: Option<u16>,
+        duration_ms: f64,
+        upstream_ms: Option<f64>,
+        bytes_in: u64,
+        bytes_out: u64,
+        error: Option<&'a str>,
+    }
+
+    fn round3(ms: f64) -> f64 {
+        (ms * 1000.0).round() / 1000.0
+    }
+
+    fn serde_line(e: &Entry, ts: &str) -> Value {
+        serde_json::to_value(JsonLine {
+            ts,
+            request_id: e.request_id,
+            client: e.client,
+            method: e.method,
+            path: e.path,
+            route: e.route,
+            consumer: e.consumer,
+            status: e.status,
+            upstream: e.upstream,
+            peer: e.peer,
+            upstream_status: e.upstream_status,
+            duration_ms: round3(e.duration_ms),
+            upstream_ms: e.upstream_ms.map(round3),
+            bytes_in: e.bytes_in,
+            bytes_out: e.bytes_out,
+            error: e.error,
+        })
+        .expect("serde")
+    }
+
+    #[test]
+    fn json_lines_equal_serde_json_for_awkward_values() {
+        let every_ascii: String = (0u8..=127).map(char::from).collect();
+        let awkward = [
+            "",
+            "plain",
+            "quote \" and backslash \\ and both \\\"",
+            "line\nbreak\rtab\tnul\0bell\u{7}del\u{7f}",
+            "é, 😀, \u{2028} and \u{feff}",
+            every_ascii.as_str(),
+        ];
+        for text in awkward {
+            let e = Entry {
+                request_id: text,
+                client: Some(text),
+                method: text,
+                path: text,
+                route: text,
+                consumer: Some(text),
+                status: 502,
+                upstream: Some(text),
+                peer: Some(text),
+                upstream_status: Some(503),
+                duration_ms: 1234.56789,
+                upstream_ms: Some(0.0004),
+                bytes_in: u64::MAX,
+                bytes_out: 0,
+                error: Some(text),
+            };
+            let line = e.json_line(text);
+            assert!(!line.contains('\n'), "one line: {line:?}");
+            for ms in [0.0, 2.0, 0.0004, 0.0005, 1e-9, 12345678.9, f64::NAN] {
+                let timed = Entry {
+                    duration_ms: ms,
+                    upstream_ms: Some(ms),
+                    ..e.clone()
+                };
+                let ours: Value = serde_json::from_str(&timed.json_line(text)).expect("valid");
+                assert_eq!(ours, serde_line(&timed, text), "{ms} ms");
+            }
+            let ours: Value = serde_json::from_str(&line).expect("valid JSON");
+            assert_eq!(ours, serde_line(&e, text), "{text:?}");
+        }
+        let empty = Entry::default();
+        let ours: Value = serde_json::from_str(&empty.json_line("t")).expect("valid JSON");
+        assert_eq!(ours, serde_line(&empty, "t"));
+        let keys: Vec<&str> = ["ts", "request_id", "client", "method", "path", "route"]
+            .into_iter()
+            .chain(["consumer", "status", "upstream", "peer", "upstream_status"])
+            .chain([
+                "duration_ms",
+                "upstream_ms",
+                "bytes_in",
+                "bytes_out",
+                "error",
+            ])
+            .collect();
+        let line = empty.json_line("t");
+        let positions: Vec<usize> = keys
+            .iter()
+            .map(|k| line.find(&format!("\"{k}\":")).expect("key"))
+            .collect();
+        assert!(
+            positions.windows(2).all(|w| w[0] < w[1]),
+            "SPEC order: {line}"
+        );
+    }
+
+    #[test]
+    fn timestamps_match_chrono_rfc3339_with_millis() {
+        use chrono::{TimeZone, Utc};
+        let base = Utc
+            .with_ymd_and_hms(2026, 11, 23, 23, 59, 59)
+            .single()
+            .expect("time");
+        for ms in [0, 7, 45, 999, 1000, 1001, 2500, 86_400_123] {
+            let t = base + chrono::Duration::milliseconds(ms);
+            let expected = t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            assert_eq!(timestamp(t), expected, "{ms} ms after");
+            assert_eq!(timestamp(t), expected, "{ms} ms after, from the cache");
+        }
+    }
+
+    #[test]
+    fn json_line_has_every_field_and_nulls_where_no_upstream() {
+        let e = Entry {
+            request_id: "r1",
+            client: Some("127.0.0.1"),
+            method: "GET",
+            path: "/x",
+            route: "none",
+            status: 404,
+            duration_ms: 1.23456,
+            error: Some("no_route"),
+            ..Default::default()
+        };
+        let v: Value = serde_json::from_str(&e.render(LogFormat::Json)).expect("json");
+        for field in [
+            "ts",
+            "request_id",
+            "client",
+            "method",
+            "path",
+            "route",
+            "consumer",
+            "status",
+            "upstream",
+            "peer",
+            "upstream_status",
+            "duration_ms",
+            "upstream_ms",
+            "bytes_in",
+            "bytes_out",
+            "error",
+        ] {
+            assert!(v.get(field).is_some(), "{field} missing");
+        }
+        assert_eq!(v["upstream_status"], Value::Null);
+        assert_eq!(v["duration_ms"], 1.235);
+        assert_eq!(v["status"], 404);
+        assert!(v["ts"].as_str().is_some_and(|t| t.ends_with('Z')));
+    }
+}

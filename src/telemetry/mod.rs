@@ -1,0 +1,6 @@
+//! What the gateway tells its operator: Prometheus metrics, the access log,
+//! the process log and its throttled warnings.
+
+pub mod access_log;
+pub mod metrics;
+pub mod process_log;
