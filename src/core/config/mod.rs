@@ -76,6 +76,14 @@ fn validate(cx: &mut Cx<'_>, config: &Config) {
         cx.error_at("threads", threads.mark, "must be at least 1");
     }
     let upstreams = config.upstreams.clone().unwrap_or_default();
+    validate_upstreams(cx, &upstreams);
+    let consumer_names = validate_consumers(cx, config);
+    validate_routes(cx, config, &upstreams, &consumer_names);
+    validate_store(cx, config);
+}
+
+/// `upstreams:`: peers, health checks.
+fn validate_upstreams(cx: &mut Cx<'_>, upstreams: &Table<Upstream>) {
     for (name, upstream) in upstreams.iter() {
         if upstream.peers.value.is_empty()
             && !cx.has_errors_under(&format!("upstreams.{name}.peers"))
@@ -108,7 +116,10 @@ fn validate(cx: &mut Cx<'_>, config: &Config) {
             }
         }
     }
+}
 
+/// `consumers:`: unique names, keys or key hashes, limits. Returns the names.
+fn validate_consumers<'c>(cx: &mut Cx<'_>, config: &'c Config) -> HashSet<&'c str> {
     let mut consumer_names = HashSet::new();
     for (i, consumer) in config.consumers.iter().flat_map(|c| c.iter()) {
         let path = format!("consumers[{i}]");
@@ -153,7 +164,16 @@ fn validate(cx: &mut Cx<'_>, config: &Config) {
             check_rate_limit(cx, &format!("{path}.rate_limit"), &limit.value);
         }
     }
+    consumer_names
+}
 
+/// `routes:`: unique names, one target, known upstreams and consumers.
+fn validate_routes(
+    cx: &mut Cx<'_>,
+    config: &Config,
+    upstreams: &Table<Upstream>,
+    consumer_names: &HashSet<&str>,
+) {
     let mut route_names = HashSet::new();
     // A consumer that failed to decode may be the one a route names.
     let consumers_incomplete = config
@@ -192,7 +212,7 @@ fn validate(cx: &mut Cx<'_>, config: &Config) {
             ),
         }
         if let Some(up) = &route.upstream {
-            check_upstream_name(cx, &format!("{path}.upstream"), up, &upstreams);
+            check_upstream_name(cx, &format!("{path}.upstream"), up, upstreams);
         }
         if let Some(parts) = &route.aggregate {
             for (part, p) in parts.value.iter() {
@@ -200,7 +220,7 @@ fn validate(cx: &mut Cx<'_>, config: &Config) {
                     cx,
                     &format!("{path}.aggregate.{part}.upstream"),
                     &p.upstream,
-                    &upstreams,
+                    upstreams,
                 );
             }
         }
@@ -253,7 +273,10 @@ fn validate(cx: &mut Cx<'_>, config: &Config) {
             }
         }
     }
+}
 
+/// `rate_limit:`: a Redis store needs its settings.
+fn validate_store(cx: &mut Cx<'_>, config: &Config) {
     if let Some(store) = &config.rate_limit {
         let redis = store.store.as_ref().filter(|s| s.value == StoreKind::Redis);
         if let (Some(kind), None) = (redis, &store.redis) {
