@@ -58,8 +58,46 @@ pub fn assemble(
     flags: ProcessFlags,
     config_file: Option<PathBuf>,
 ) -> Assembled {
-    let (pid_file, upgrade_sock) = process_files(config_file.as_deref(), &plan);
-    let conf = ServerConf {
+    let conf = server_conf(&plan, config_file.as_deref());
+    let opt = Opt {
+        daemon: flags.daemon,
+        upgrade: flags.upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let tables = Arc::new(ArcSwap::from_pointee(gateway));
+    let reloader =
+        config_file.map(|path| Arc::new(Reloader::new(path, tables.clone(), plan.clone())));
+    let proxy_service = proxy_service(&server, &plan, &tables);
+    server.add_service(proxy_service);
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let mut admin = Service::new(
+        "admin".to_string(),
+        AdminApp {
+            tables: tables.clone(),
+            ready: ready.clone(),
+            reloader: reloader.clone(),
+        },
+    );
+    admin.add_tcp(&plan.admin.to_string());
+    server.add_service(admin);
+
+    Assembled {
+        server,
+        tables,
+        reloader,
+        plan,
+        ready,
+    }
+}
+
+/// Pingora's server settings for this plan.
+fn server_conf(plan: &Plan, config_file: Option<&std::path::Path>) -> ServerConf {
+    let (pid_file, upgrade_sock) = process_files(config_file, plan);
+    ServerConf {
         threads: plan.threads,
         pid_file,
         upgrade_sock,
@@ -78,18 +116,16 @@ pub fn assemble(
         grace_period_seconds: Some(plan.shutdown_grace.as_secs_f64().ceil() as u64),
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
-    };
-    let opt = Opt {
-        daemon: flags.daemon,
-        upgrade: flags.upgrade,
-        ..Opt::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(opt, conf);
-    server.bootstrap();
+    }
+}
 
-    let tables = Arc::new(ArcSwap::from_pointee(gateway));
-    let reloader =
-        config_file.map(|path| Arc::new(Reloader::new(path, tables.clone(), plan.clone())));
+/// The proxy service: the head gate in front of the Pingora proxy, on every
+/// `listen` address (TLS ones with HTTP/2 by ALPN).
+fn proxy_service(
+    server: &Server,
+    plan: &Plan,
+    tables: &Arc<ArcSwap<Gateway>>,
+) -> Service<ClientConnections> {
     let fan_out = FanOut::new(ConnectorOptions::from_server_conf(&server.configuration));
     // A reload that adds the first aggregate route makes it on first use instead.
     let has_aggregates = tables
@@ -142,27 +178,7 @@ pub fn assemble(
             Err(e) => log::error!("cannot set up TLS on {addr}: {e}; it is not served"),
         }
     }
-    server.add_service(proxy_service);
-
-    let ready = Arc::new(AtomicBool::new(false));
-    let mut admin = Service::new(
-        "admin".to_string(),
-        AdminApp {
-            tables: tables.clone(),
-            ready: ready.clone(),
-            reloader: reloader.clone(),
-        },
-    );
-    admin.add_tcp(&plan.admin.to_string());
-    server.add_service(admin);
-
-    Assembled {
-        server,
-        tables,
-        reloader,
-        plan,
-        ready,
-    }
+    proxy_service
 }
 
 /// The pid file (`--daemon`) and the socket `--upgrade` takes the listeners
