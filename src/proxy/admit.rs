@@ -2,7 +2,7 @@
 //! its declared body fits, and what its rate limits say. [`admit`] is pure
 //! (request facts + tables -> decision) and tested here without a session.
 
-use super::ctx::{InFlight, RequestCtx};
+use super::ctx::RequestCtx;
 use super::record;
 use crate::core::auth::ConsumerId;
 use crate::core::config::LimitBy;
@@ -58,7 +58,6 @@ pub async fn admit_request(session: &Session, ctx: &mut RequestCtx) -> Result<()
     ctx.route = admission.route;
     ctx.consumer = admission.consumer;
     record::enter(ctx);
-    ctx.in_flight = Some(InFlight::enter());
     let route = admission.route.map(|i| &gw.routes[i]);
     if let Some(refusal) = admission.refusal {
         if let Some(route) = route {

@@ -102,8 +102,8 @@ pub struct RequestCtx {
     /// The `error` code of the gateway's own answer, for the access log; set by
     /// the one writer of those answers (`answer.rs`).
     pub error: Option<&'static str>,
-    /// Whether the request was counted in its route's `requests_in_flight`.
-    pub counted_in_flight: bool,
+    /// Set once the request is counted in flight (process-wide, and in its
+    /// route's `requests_in_flight`).
     pub in_flight: Option<InFlight>,
 }
 
@@ -127,7 +127,6 @@ impl RequestCtx {
             upstream_status: None,
             body_bytes: 0,
             error: None,
-            counted_in_flight: false,
             in_flight: None,
         }
     }

@@ -1,6 +1,6 @@
 //! A request's metrics and its access-log line (SPEC §5, §6), once, at its end.
 
-use super::ctx::RequestCtx;
+use super::ctx::{InFlight, RequestCtx};
 use crate::core::config::LogFormat;
 use crate::tables::Target;
 use crate::telemetry::access_log::{self, Entry};
@@ -13,12 +13,13 @@ const CLIENT_CLOSED_REQUEST: u16 = 499;
 /// `benches/telemetry_cost.sh`, which measures what they cost; never in a release.
 pub const TELEMETRY: bool = !cfg!(feature = "bench-no-telemetry");
 
-/// Counts a request in its route's `requests_in_flight` until [`record`].
+/// Counts a request in flight until its context is dropped, and in its
+/// route's `requests_in_flight` until [`record`].
 pub fn enter(ctx: &mut RequestCtx) {
     if TELEMETRY {
         ctx.metrics().in_flight.inc();
     }
-    ctx.counted_in_flight = true;
+    ctx.in_flight = Some(InFlight::enter());
 }
 
 /// Records a finished request: its metrics and its access-log line.
@@ -40,7 +41,7 @@ pub fn record(session: &Session, ctx: &RequestCtx, log_format: LogFormat) {
 
     metrics.count_request(&req.method, status);
     metrics.duration.observe(elapsed.as_secs_f64());
-    if ctx.counted_in_flight {
+    if ctx.in_flight.is_some() {
         metrics.in_flight.dec();
     }
     metrics.request_bytes.inc_by(bytes_in);
