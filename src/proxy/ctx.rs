@@ -176,6 +176,14 @@ impl RequestCtx {
         }
     }
 
+    /// Gives back the peer and leaves the in-flight count, at the request's
+    /// end. Dropping the context does the same, for a request that never
+    /// reaches `logging` (its task dropped).
+    pub fn release(&mut self) {
+        self.lease = None;
+        self.in_flight = None;
+    }
+
     pub fn route(&self) -> Option<&Route> {
         self.route.map(|i| &self.gateway.routes[i])
     }

@@ -172,9 +172,9 @@ impl ProxyHttp for Portcullis {
         format!("{} {}", req.method, req.uri.path())
     }
 
-    /// Last: the peer lease and the in-flight count go with the context, once
-    /// the access-log line is queued.
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         record::record(session, ctx, self.log_format);
+        // Last: the shutdown drain waits for this, and the line is queued by now.
+        ctx.release();
     }
 }
