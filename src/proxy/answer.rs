@@ -118,7 +118,12 @@ pub async fn answer_failure(session: &mut Session, ctx: &mut RequestCtx, e: &Err
     let status = refusal.status();
     if session.response_written().is_some() {
         ctx.error = Some(refusal.code());
-    } else if let Err(write_error) = refuse(session, ctx, refusal).await {
+        return status;
+    }
+    // `fail_to_proxy` does not keep the connection: the answer must say so, or
+    // the client sends its next request into a closing socket.
+    session.set_keepalive(None);
+    if let Err(write_error) = refuse(session, ctx, refusal).await {
         log::debug!("cannot send the error answer: {write_error}");
     }
     status
