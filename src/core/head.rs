@@ -240,6 +240,32 @@ fn check_headers(
     Ok(())
 }
 
+/// Where the first request in `buf` ends, when more bytes follow it there: its
+/// head (`head_len`, from [`inspect`]) plus its `content-length` body. `None`
+/// when nothing follows, or when the end is not known from the buffer alone (a
+/// chunked body, or a body still arriving): then the whole buffer belongs to
+/// the first request as far as anyone can tell here. Only for a head that
+/// [`inspect`] accepted.
+pub fn request_end(buf: &[u8], head_len: usize) -> Option<usize> {
+    if buf.len() <= head_len {
+        return None;
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    req.parse(&buf[..head_len]).ok()?;
+    let mut body = 0usize;
+    for header in req.headers.iter() {
+        if header.name.eq_ignore_ascii_case("transfer-encoding") {
+            return None;
+        }
+        if header.name.eq_ignore_ascii_case("content-length") {
+            body = std::str::from_utf8(header.value).ok()?.parse().ok()?;
+        }
+    }
+    let end = head_len.checked_add(body)?;
+    (end < buf.len()).then_some(end)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -408,5 +434,37 @@ mod tests {
         let many: String = (0..=MAX_HEADERS).map(|i| format!("x{i}: 1\r\n")).collect();
         let head = format!("GET / HTTP/1.1\r\nhost: a\r\n{many}\r\n");
         assert_eq!(verdict(&head), Verdict::TooLarge);
+    }
+
+    #[test]
+    fn the_end_of_a_first_request_with_more_behind_it() {
+        let get = b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n";
+        let two = [&get[..], b"GET /b HTTP/1.1\r\nhost: x\r\n\r\n"].concat();
+        let Verdict::Complete(head) = inspect(&two, 4096) else {
+            panic!("a complete head");
+        };
+        assert_eq!(request_end(&two, head), Some(get.len()));
+        assert_eq!(request_end(get, head), None, "nothing follows");
+        let post = b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nabc";
+        let then_get = [&post[..], get].concat();
+        let Verdict::Complete(head) = inspect(&then_get, 4096) else {
+            panic!("a complete head");
+        };
+        assert_eq!(request_end(&then_get, head), Some(post.len()));
+        assert_eq!(
+            request_end(&then_get[..post.len() - 1], head),
+            None,
+            "body still arriving"
+        );
+        let chunked =
+            b"POST /a HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\nGET";
+        let Verdict::Complete(head) = inspect(chunked, 4096) else {
+            panic!("a complete head");
+        };
+        assert_eq!(
+            request_end(chunked, head),
+            None,
+            "chunked: Pingora's to frame"
+        );
     }
 }

@@ -89,8 +89,9 @@ impl Drop for OpenConnection {
 
 /// What reading a request head came to.
 enum Head {
-    /// A complete head that passed [`head::inspect`], and whatever followed it.
-    Ready(BytesMut),
+    /// A complete head that passed [`head::inspect`], and whatever followed it;
+    /// the head's length.
+    Ready(BytesMut, usize),
     /// The client closed, went quiet past a timeout, or the server is stopping.
     Gone,
     /// Answer this refusal and close; `why` is for the log.
@@ -144,20 +145,29 @@ impl ServerApp for ClientConnections {
 }
 
 impl ClientConnections {
-    /// Serves one HTTP/1 connection's requests, one head at a time.
+    /// Serves one HTTP/1 connection's requests, one head at a time. Requests
+    /// a client pipelines (sends before reading the answers) are served in
+    /// order: Pingora is handed one request's bytes at a time, and what
+    /// follows waits here to be judged as the next head.
     async fn serve_http1(&self, mut stream: Stream, shutdown: &ShutdownWatch) {
         let mut settings: Option<HttpPersistentSettings> = None;
         let mut first = true;
+        let mut pipelined = BytesMut::new();
         loop {
             let limits = self.tables.load().client_limits;
-            let read = match read_head(&mut stream, &limits, first, shutdown).await {
-                Head::Ready(read) => read,
-                Head::Gone => return,
-                Head::Refused { refusal, why, read } => {
-                    return self.refuse(stream, refusal, why, &read).await;
-                }
-            };
+            let (mut read, head_len) =
+                match read_head(&mut stream, &limits, first, shutdown, pipelined).await {
+                    Head::Ready(read, head_len) => (read, head_len),
+                    Head::Gone => return,
+                    Head::Refused { refusal, why, read } => {
+                        return self.refuse(stream, refusal, why, &read).await;
+                    }
+                };
             first = false;
+            pipelined = match head::request_end(&read, head_len) {
+                Some(end) => read.split_off(end),
+                None => BytesMut::new(),
+            };
             let mut session = ServerSession::new_http1(stream);
             if let Some(settings) = settings.take() {
                 settings.apply_to_session(&mut session);
@@ -232,23 +242,32 @@ impl ClientConnections {
     }
 }
 
-/// Reads one request head. A new connection has `header_read_timeout` from its
-/// accept for the whole head; a kept-alive one may first idle `idle_timeout`,
-/// and then has `header_read_timeout` from its first byte. Slow drips gain
-/// nothing: the deadline is for the whole head, not per read.
+/// Reads one request head, starting with `pipelined`: bytes the client sent
+/// after the previous request. A new connection has `header_read_timeout` from
+/// its accept for the whole head; a kept-alive one may first idle
+/// `idle_timeout`, and then has `header_read_timeout` from its first byte. Slow
+/// drips gain nothing: the deadline is for the whole head, not per read.
 async fn read_head(
     stream: &mut Stream,
     limits: &ClientLimits,
     first: bool,
     shutdown: &ShutdownWatch,
+    pipelined: BytesMut,
 ) -> Head {
     // No buffer while waiting: an idle keep-alive connection holds none (10,000
     // idle clients would otherwise pin 40 MiB). The wait ends with the first
     // bytes, read through a per-thread scratch buffer: usually the whole head.
-    let mut read = BytesMut::new();
+    let mut read = pipelined;
+    // A pipelined head may be whole already: judged before any wait.
+    if !read.is_empty() {
+        read = match judge(read, limits) {
+            Ok(head) => return head,
+            Err(incomplete) => incomplete,
+        };
+    }
     let mut shutdown = shutdown.clone();
     let mut deadline = Instant::now()
-        + if first {
+        + if first || !read.is_empty() {
             limits.header_read_timeout
         } else {
             limits.idle_timeout
@@ -278,24 +297,29 @@ async fn read_head(
         if idle && !first {
             deadline = Instant::now() + limits.header_read_timeout;
         }
-        match head::inspect(&read, limits.max_header_bytes) {
-            Verdict::Incomplete => {}
-            Verdict::Complete(_) => return Head::Ready(read),
-            Verdict::TooLarge => {
-                return Head::Refused {
-                    refusal: Refusal::HeadersTooLarge,
-                    why: "request head too large",
-                    read,
-                }
-            }
-            Verdict::Malformed(why) => {
-                return Head::Refused {
-                    refusal: Refusal::BadRequest,
-                    why,
-                    read,
-                }
-            }
-        }
+        read = match judge(read, limits) {
+            Ok(head) => return head,
+            Err(incomplete) => incomplete,
+        };
+    }
+}
+
+/// What the bytes read so far make of a head; `Err` gives them back while the
+/// head is incomplete.
+fn judge(read: BytesMut, limits: &ClientLimits) -> Result<Head, BytesMut> {
+    match head::inspect(&read, limits.max_header_bytes) {
+        Verdict::Incomplete => Err(read),
+        Verdict::Complete(head_len) => Ok(Head::Ready(read, head_len)),
+        Verdict::TooLarge => Ok(Head::Refused {
+            refusal: Refusal::HeadersTooLarge,
+            why: "request head too large",
+            read,
+        }),
+        Verdict::Malformed(why) => Ok(Head::Refused {
+            refusal: Refusal::BadRequest,
+            why,
+            read,
+        }),
     }
 }
 

@@ -435,11 +435,16 @@ fn exchange(addr: SocketAddr, bytes: &[u8], head_only: bool) -> std::io::Result<
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     stream.write_all(bytes)?;
-    let mut reader = BufReader::new(stream);
+    read_response(&mut BufReader::new(stream), head_only)
+}
+
+/// Reads one response from a connection that may carry more (keep-alive,
+/// pipelining); with `head_only`, the body is whatever comes until the close.
+pub fn read_response(reader: &mut impl BufRead, head_only: bool) -> std::io::Result<Response> {
     let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed response");
     // Informational answers (103 Early Hints, 100 Continue) precede the real one.
     let (status, headers) = loop {
-        let (line, headers) = read_head(&mut reader).ok_or_else(bad)?;
+        let (line, headers) = read_head(reader).ok_or_else(bad)?;
         let status: u16 = line
             .split_whitespace()
             .nth(1)
@@ -454,7 +459,7 @@ fn exchange(addr: SocketAddr, bytes: &[u8], head_only: bool) -> std::io::Result<
         reader.read_to_end(&mut rest)?;
         rest
     } else {
-        read_body(&mut reader, &headers, true).ok_or_else(bad)?
+        read_body(reader, &headers, true).ok_or_else(bad)?
     };
     Ok(Response {
         status,
