@@ -23,6 +23,7 @@ pub use ctx::{in_flight, RequestCtx};
 
 use crate::core::config::LogFormat;
 use crate::tables::{Gateway, Target};
+use crate::telemetry::process_log::Throttle;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -30,10 +31,14 @@ use fan_out::FanOut;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
-use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use pingora_proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use record::TELEMETRY;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Pingora's error lines for failed requests, and its warnings for retried attempts.
+static PROXY_ERRORS: Throttle = Throttle::new();
+static RETRIED_ERRORS: Throttle = Throttle::new();
 
 /// The gateway as a Pingora proxy: reads the current tables for each request.
 pub struct Portcullis {
@@ -163,6 +168,23 @@ impl ProxyHttp for Portcullis {
             error_code: answer::answer_failure(session, ctx, e).await,
             can_reuse_downstream: false,
         }
+    }
+
+    /// Pingora's "Fail to proxy" line: at most one a second, with a count of
+    /// those held back, or an outage floods the log.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _e: &Error) -> bool {
+        record::hold_back_error_line(&PROXY_ERRORS)
+    }
+
+    /// Pingora's warning for a failed attempt that is retried: the same.
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        _ctx: &RequestCtx,
+        _e: &Error,
+        _context: ProxyWarnLogContext,
+    ) -> bool {
+        record::hold_back_error_line(&RETRIED_ERRORS)
     }
 
     /// What Pingora's own error lines say of a request: never the query string,

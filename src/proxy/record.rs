@@ -4,6 +4,7 @@ use super::ctx::{InFlight, RequestCtx};
 use crate::core::config::LogFormat;
 use crate::tables::Target;
 use crate::telemetry::access_log::{self, Entry};
+use crate::telemetry::process_log::Throttle;
 use pingora_proxy::Session;
 
 /// The status logged when the client closed the connection before any answer.
@@ -74,4 +75,17 @@ pub fn record(session: &Session, ctx: &RequestCtx, log_format: LogFormat) {
     }
     .render(log_format);
     access_log::write(line);
+}
+
+/// Whether to hold back one of Pingora's error lines (`throttle` lets one a
+/// second through); the line let through is preceded by the count held back.
+pub fn hold_back_error_line(throttle: &Throttle) -> bool {
+    match throttle.admit() {
+        None => true,
+        Some(0) => false,
+        Some(held_back) => {
+            log::error!("{held_back} more like the next line in the last second(s), not logged");
+            false
+        }
+    }
 }
