@@ -171,3 +171,33 @@ fn http2_paths_cannot_climb_out_of_a_route_prefix_either() {
     }
     assert!(backend.requests().is_empty(), "nothing reached the backend");
 }
+
+#[test]
+fn the_server_picks_the_cipher_by_its_own_preference() {
+    use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode, SslVersion};
+    let backend = Backend::echo();
+    let (_dir, tls, _gw) = tls_gateway("tls-cipher-order", "localhost", backend.addr, "");
+    let mut connector = SslConnector::builder(SslMethod::tls()).expect("connector");
+    connector.set_verify(SslVerifyMode::NONE);
+    connector
+        .set_max_proto_version(Some(SslVersion::TLS1_2))
+        .expect("TLS 1.2");
+    // The client prefers AES-256; the server's (Mozilla intermediate) order
+    // puts AES-128-GCM first, and its order is the one that counts.
+    connector
+        .set_cipher_list(
+            "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:\
+             ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256",
+        )
+        .expect("cipher list");
+    let stream = std::net::TcpStream::connect(tls).expect("connect");
+    let session = connector
+        .build()
+        .connect("localhost", stream)
+        .expect("TLS handshake");
+    let cipher = session.ssl().current_cipher().expect("a cipher").name();
+    assert!(
+        cipher.contains("AES128-GCM"),
+        "the client's choice won: {cipher}"
+    );
+}

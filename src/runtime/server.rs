@@ -21,6 +21,7 @@ use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_core::services::listening::Service;
+use pingora_core::tls::ssl::SslOptions;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -173,6 +174,9 @@ fn proxy_service(
         match TlsSettings::with_callbacks(Box::new(certs)) {
             Ok(mut settings) => {
                 settings.enable_h2();
+                // Mozilla's intermediate list is in the server's order of
+                // preference; without this a client could pick the weakest.
+                settings.set_options(SslOptions::CIPHER_SERVER_PREFERENCE);
                 proxy_service.add_tls_with_settings(&addr.to_string(), None, settings);
             }
             Err(e) => log::error!("cannot set up TLS on {addr}: {e}; it is not served"),
