@@ -201,3 +201,37 @@ fn a_thousand_slow_and_idle_clients_do_not_stop_normal_requests() {
         .count();
     assert_eq!(still_open, 0, "slow connections left open");
 }
+
+#[test]
+fn a_body_that_stops_is_answered_408_and_not_blamed_on_the_upstream() {
+    let (gw, backend) = gateway_with_limits("limits: { body_read_timeout: 1s }\n");
+    let mut stream = TcpStream::connect(gw.addr).expect("connect");
+    stream
+        .write_all(b"POST /x HTTP/1.1\r\nhost: a\r\ncontent-length: 100\r\n\r\nonly ten..")
+        .expect("write");
+    let started = Instant::now();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let resp = read_response(&mut std::io::BufReader::new(&stream), false).expect("an answer");
+    let took = started.elapsed();
+    assert_eq!(resp.status, 408, "{resp:?}");
+    assert_eq!(resp.error_code(), "request_timeout");
+    assert_eq!(resp.header("connection"), Some("close"));
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "answered after {took:?}"
+    );
+    assert!(time_until_closed(&mut stream, Duration::from_secs(3)).is_some());
+    assert!(
+        backend.requests().is_empty(),
+        "no whole request reached the backend"
+    );
+    let errors =
+        gw.metric("portcullis_upstream_errors_total{kind=\"timeout\",route=\"r\",upstream=\"u\"}");
+    assert_eq!(errors, 0.0, "a stalled client is not an upstream timeout");
+    assert_eq!(
+        gw.metric("portcullis_requests_total{method=\"POST\",route=\"r\",status=\"408\"}"),
+        1.0
+    );
+}

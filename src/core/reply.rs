@@ -118,6 +118,8 @@ pub enum Refusal {
     RateLimitUnavailable,
     #[error("the request body is larger than this route accepts")]
     PayloadTooLarge,
+    #[error("the client stopped sending its request body")]
+    RequestTimeout,
     #[error("the upstream could not be reached or gave a bad answer")]
     BadGateway,
     #[error("no healthy upstream peer is available")]
@@ -140,6 +142,7 @@ impl Refusal {
             Refusal::RateLimited { .. } => 429,
             Refusal::RateLimitUnavailable => 503,
             Refusal::PayloadTooLarge => 413,
+            Refusal::RequestTimeout => 408,
             Refusal::BadGateway => 502,
             Refusal::NoHealthyUpstream => 503,
             Refusal::GatewayTimeout => 504,
@@ -160,6 +163,7 @@ impl Refusal {
             Refusal::RateLimited { .. } => "rate_limited",
             Refusal::RateLimitUnavailable => "rate_limit_unavailable",
             Refusal::PayloadTooLarge => "payload_too_large",
+            Refusal::RequestTimeout => "request_timeout",
             Refusal::BadGateway => "bad_gateway",
             Refusal::NoHealthyUpstream => "no_healthy_upstream",
             Refusal::GatewayTimeout => "gateway_timeout",
@@ -168,9 +172,12 @@ impl Refusal {
     }
 
     /// Whether the connection must close after this answer: a malformed request
-    /// leaves the stream's framing in doubt.
+    /// leaves the stream's framing in doubt, an unfinished body its end.
     pub fn closes_connection(&self) -> bool {
-        matches!(self, Refusal::BadRequest | Refusal::HeadersTooLarge)
+        matches!(
+            self,
+            Refusal::BadRequest | Refusal::HeadersTooLarge | Refusal::RequestTimeout
+        )
     }
 
     /// The whole answer: the SPEC JSON body, `content-type`, `x-request-id`

@@ -176,6 +176,8 @@ impl ClientConnections {
             // only tells Pingora the connection may be kept alive.
             let keepalive = (!*shutdown.borrow()).then(|| limits.idle_timeout.as_secs().max(1));
             session.set_keepalive(keepalive);
+            // Each read of the request body; Pingora's own is 60 s.
+            session.set_read_timeout(Some(limits.body_read_timeout));
             if let ServerSession::H1(h1) = &mut session {
                 h1.set_pipelined_prefix(read);
             }

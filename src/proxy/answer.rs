@@ -95,7 +95,8 @@ pub fn refusal_for(e: &Error, deadline_passed: bool) -> Option<Refusal> {
         ) => {
             None // the client is gone: nobody to answer
         }
-        (ErrorSource::Downstream, ErrorType::ReadTimedout) => None,
+        // The client stopped sending its body (`limits.body_read_timeout`).
+        (ErrorSource::Downstream, ErrorType::ReadTimedout) => Some(Refusal::RequestTimeout),
         (ErrorSource::Downstream, _) => Some(Refusal::BadRequest),
         (
             _,
@@ -300,7 +301,10 @@ routes:
             Some(Refusal::GatewayTimeout)
         );
         assert_eq!(refusal_for(&down(ErrorType::ConnectionClosed), false), None);
-        assert_eq!(refusal_for(&down(ErrorType::ReadTimedout), false), None);
+        assert_eq!(
+            refusal_for(&down(ErrorType::ReadTimedout), false),
+            Some(Refusal::RequestTimeout)
+        );
         assert_eq!(
             refusal_for(&down(ErrorType::InvalidHTTPHeader), false),
             Some(Refusal::BadRequest)

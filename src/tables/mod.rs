@@ -108,6 +108,8 @@ pub struct ClientLimits {
     pub header_read_timeout: Duration,
     /// A keep-alive connection idle longer than this is closed.
     pub idle_timeout: Duration,
+    /// A request body may not pause longer than this; else 408.
+    pub body_read_timeout: Duration,
     /// Concurrent client connections; beyond: accepted, then closed.
     pub max_connections: usize,
 }
@@ -121,6 +123,7 @@ impl Default for ClientLimits {
             max_header_bytes: 32 * 1024,
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            body_read_timeout: Duration::from_secs(10),
             max_connections: 10_000,
         }
     }
@@ -145,6 +148,7 @@ impl ClientLimits {
                 .header_read_timeout
                 .unwrap_or(default.header_read_timeout),
             idle_timeout: conf.idle_timeout.unwrap_or(default.idle_timeout),
+            body_read_timeout: conf.body_read_timeout.unwrap_or(default.body_read_timeout),
             max_connections: conf.max_connections.map_or(default.max_connections, |n| {
                 usize::try_from(n).unwrap_or(usize::MAX)
             }),

@@ -65,12 +65,14 @@ pub struct Limits {
     pub max_header_bytes: Option<ByteSize>,
     pub header_read_timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
+    pub body_read_timeout: Option<Duration>,
     pub max_connections: Option<u64>,
 }
 decode_struct!(Limits {
     max_header_bytes,
     header_read_timeout,
     idle_timeout,
+    body_read_timeout,
     max_connections
 });
 
