@@ -88,6 +88,12 @@ fn main() -> ExitCode {
         upgrade: cli.upgrade,
     };
     let plan = Plan::from_config(&config);
+    if !cli.upgrade {
+        if let Err(e) = server::check_addresses_free(&plan) {
+            log::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    }
     server::run(server::assemble(plan, gateway, flags, Some(path)));
     ExitCode::SUCCESS
 }

@@ -160,13 +160,10 @@ pub fn run(listen: SocketAddr, admin: SocketAddr) -> Result<(), String> {
         config::load_str(DEMO_CONFIG, file, &env).map_err(|e: ConfigErrors| e.to_string())?;
     let gateway = Gateway::build(&config, file).map_err(|e| e.to_string())?;
     crate::telemetry::process_log::init_logging(&config);
+    let plan = Plan::from_config(&config);
+    server::check_addresses_free(&plan)?;
 
-    let mut assembled = server::assemble(
-        Plan::from_config(&config),
-        gateway,
-        ProcessFlags::default(),
-        None,
-    );
+    let mut assembled = server::assemble(plan, gateway, ProcessFlags::default(), None);
     for (name, kind, addr) in [
         ("demo-users", Kind::Users, users),
         ("demo-orders", Kind::Orders, orders),

@@ -42,6 +42,23 @@ pub struct ProcessFlags {
     pub upgrade: bool,
 }
 
+/// Fails with `ADDR: address already in use` (or why else it cannot be bound)
+/// for the first listen or admin address another process holds. Pingora would
+/// retry for ~20 s, then go on with no listener: a supervisor would think the
+/// gateway healthy. Not for `--upgrade`, whose addresses the old process holds.
+pub fn check_addresses_free(plan: &Plan) -> Result<(), String> {
+    for addr in plan.listen.iter().chain([&plan.admin]) {
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            let why = match e.kind() {
+                std::io::ErrorKind::AddrInUse => "address already in use".to_string(),
+                _ => e.to_string(),
+            };
+            return Err(format!("{addr}: {why}"));
+        }
+    }
+    Ok(())
+}
+
 /// A Pingora server carrying the gateway's services, ready for more services
 /// (the demo adds its backends) and then [`run`].
 pub struct Assembled {
