@@ -663,6 +663,10 @@ fn the_demo_serves_users_and_orders_behind_the_gateway() {
     assert_eq!(user.json()["name"], "Ada Lovelace");
     let orders = get(addr, "/orders?user_id=1", &[key]);
     assert_eq!(orders.json().as_array().map(Vec::len), Some(2));
+    // The seed scenario users of other gateways try first.
+    let order = get(addr, "/orders/1", &[key]);
+    assert_eq!(order.status, 200, "{}", order.text());
+    assert_eq!(order.json()["user_id"], 1);
     let overview = get(addr, "/overview/users/1", &[key]);
     assert_eq!(overview.status, 200, "{}", overview.text());
     assert_eq!(overview.json()["user"]["name"], "Ada Lovelace");
