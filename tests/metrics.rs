@@ -85,6 +85,13 @@ fn metrics_pass_promtool_and_hold_every_family() {
         "portcullis_upstream_peer_up",
         "portcullis_rate_limited_total",
         "portcullis_rate_limit_store_errors_total",
+        "portcullis_build_info",
+        "portcullis_connections_open",
+        "portcullis_config_last_reload_success_timestamp_seconds",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_start_time_seconds",
     ] {
         assert!(
             text.contains(&format!("# HELP {family} ")),
@@ -96,6 +103,45 @@ fn metrics_pass_promtool_and_hold_every_family() {
         );
     }
     let value = |series: &str| gw.metric(series);
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        value(&format!(
+            "portcullis_build_info{{pingora_version=\"0.9.1\",version=\"{version}\"}}"
+        )),
+        1.0
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    for stamp in [
+        "process_start_time_seconds",
+        "portcullis_config_last_reload_success_timestamp_seconds",
+    ] {
+        let at = value(stamp);
+        assert!(
+            (now - 120.0..=now + 1.0).contains(&at),
+            "{stamp} {at} vs now {now}"
+        );
+    }
+    assert!(value("process_resident_memory_bytes") > 1e6);
+    assert!(value("process_open_fds") >= 3.0);
+    // The scrape's own connection goes to the admin listener: not counted.
+    let idle = std::net::TcpStream::connect(gw.addr).expect("connect");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while value("portcullis_connections_open") < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "an open client connection is counted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    drop(idle);
+    // A reload that takes effect moves the config's timestamp.
+    let loaded = value("portcullis_config_last_reload_success_timestamp_seconds");
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert_eq!(gw.post_reload().status, 200);
+    assert!(value("portcullis_config_last_reload_success_timestamp_seconds") > loaded);
     assert_eq!(
         value("portcullis_requests_total{method=\"GET\",route=\"users\",status=\"200\"}"),
         1.0

@@ -18,6 +18,7 @@ use crate::net::client_stream::ClientStream;
 use crate::proxy::Portcullis;
 use crate::tables::{ClientLimits, Gateway};
 use crate::telemetry::access_log::{self, Entry};
+use crate::telemetry::metrics;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::BytesMut;
@@ -77,6 +78,7 @@ impl OpenConnection {
             open.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
+        metrics::families().connections_open.inc();
         Some(OpenConnection(open.clone()))
     }
 }
@@ -84,6 +86,7 @@ impl OpenConnection {
 impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+        metrics::families().connections_open.dec();
     }
 }
 

@@ -68,6 +68,7 @@ impl Reloader {
         }
         self.tables.store(Arc::new(gateway));
         reloads.with_label_values(&["ok"]).inc();
+        metrics::config_loaded();
         log::info!("reload: configuration from {file} in force");
         Ok(Reloaded { needs_restart })
     }

@@ -86,6 +86,7 @@ pub fn assemble(
     server.bootstrap();
 
     let tables = Arc::new(ArcSwap::from_pointee(gateway));
+    crate::telemetry::metrics::config_loaded();
     let reloader =
         config_file.map(|path| Arc::new(Reloader::new(path, tables.clone(), plan.clone())));
     let proxy_service = proxy_service(&server, &plan, &tables);

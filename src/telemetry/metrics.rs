@@ -7,7 +7,7 @@
 
 use http::Method;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::sync::{Arc, OnceLock};
@@ -30,7 +30,15 @@ pub struct Families {
     pub config_reloads: IntCounterVec,
     pub rate_limit_store_errors: IntCounterVec,
     pub peer_up: IntGaugeVec,
+    /// Client connections open now (HTTP/1 and HTTP/2, admin excluded).
+    pub connections_open: IntGauge,
+    /// When the configuration in force was loaded: at start, then each reload.
+    pub config_loaded_at: Gauge,
 }
+
+/// The Pingora release this binary is built on (Cargo.lock; a unit test
+/// keeps the two in step).
+pub const PINGORA_VERSION: &str = "0.9.1";
 
 fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
@@ -52,6 +60,21 @@ fn gauge(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec
     reg.register(Box::new(g.clone()))
         .expect("metric registered once");
     g
+}
+
+fn single_gauge(reg: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::with_opts(Opts::new(name, help)).expect("valid metric definition");
+    reg.register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
+/// Notes that a configuration came into force now (start or reload).
+pub fn config_loaded() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    families().config_loaded_at.set(now);
 }
 
 /// The process's metric families (registered on first use).
@@ -132,10 +155,36 @@ pub fn families() -> &'static Families {
                 "Whether a peer takes traffic (1) or is marked down by its health check (0).",
                 &["upstream", "peer"],
             ),
+            connections_open: single_gauge(
+                reg,
+                "portcullis_connections_open",
+                "Client connections open now.",
+            ),
+            config_loaded_at: {
+                let g = Gauge::with_opts(Opts::new(
+                    "portcullis_config_last_reload_success_timestamp_seconds",
+                    "When the configuration in force was loaded (start or reload), seconds since the epoch.",
+                ))
+                .expect("valid metric definition");
+                reg.register(Box::new(g.clone()))
+                    .expect("metric registered once");
+                g
+            },
         };
         for result in ["ok", "error"] {
             f.config_reloads.with_label_values(&[result]);
         }
+        let build_info = gauge(
+            reg,
+            "portcullis_build_info",
+            "Always 1; the labels say which build is running.",
+            &["version", "pingora_version"],
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), PINGORA_VERSION])
+            .set(1);
+        let process = Box::new(crate::telemetry::process_metrics::ProcessCollector::new());
+        reg.register(process).expect("metric registered once");
         for store in ["local", "redis"] {
             f.rate_limit_store_errors.with_label_values(&[store]);
         }
@@ -337,4 +386,16 @@ pub fn render() -> Vec<u8> {
         log::error!("cannot encode metrics: {e}");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pingora_version_label_is_the_one_in_cargo_lock() {
+        let lock = include_str!("../../Cargo.lock");
+        let entry = format!("name = \"pingora-core\"\nversion = \"{PINGORA_VERSION}\"");
+        assert!(lock.contains(&entry), "Cargo.lock has another pingora-core");
+    }
 }
