@@ -111,6 +111,8 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// A request or response head whose headers the policy below edits.
 pub trait HeaderEdit {
@@ -150,6 +152,9 @@ pub struct Forwarding<'a> {
     /// Whether the client came over TLS (`x-forwarded-proto: https`).
     pub https: bool,
     pub request_id: &'a str,
+    /// A `traceparent` the gateway started (`core::trace`), to send instead of
+    /// the client's invalid or missing one; `None` keeps the client's.
+    pub traceparent: Option<&'a str>,
 }
 
 /// Where one upstream request goes: the upstream's and route's header edits
@@ -218,6 +223,11 @@ pub fn rewrite_upstream_request<H: HeaderEdit>(
         req.insert(X_FORWARDED_HOST, host)?;
     }
     req.insert_str(X_REQUEST_ID, forwarding.request_id)?;
+    if let Some(traceparent) = forwarding.traceparent {
+        // A trace started here: a `tracestate` the client sent belongs to none.
+        req.remove(&TRACESTATE);
+        req.insert_str(TRACEPARENT, traceparent)?;
+    }
     match destination.host {
         Host::Keep => {}
         Host::Name(name) => req.insert_str(HOST, name)?,
@@ -377,6 +387,7 @@ mod tests {
             forwarded_for: "203.0.113.9",
             https,
             request_id: "req-1",
+            traceparent: None,
         }
     }
 
@@ -420,6 +431,29 @@ mod tests {
         assert_eq!(value(&req, "x-request-id"), Some("req-1"));
         assert_eq!(value(&req, "host"), Some("10.0.0.7:8080"));
         assert_eq!(value(&req, "accept"), Some("*/*"));
+    }
+
+    #[test]
+    fn a_trace_started_here_replaces_the_clients_and_its_tracestate() {
+        let started = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let destination = Destination {
+            upstream_headers: &[],
+            route_headers: &HeaderRules::default(),
+            host: Host::Keep,
+        };
+        let mut req = head(&[("traceparent", "garbage"), ("tracestate", "a=1")]);
+        let starting = Forwarding {
+            traceparent: Some(started),
+            ..forwarding(false)
+        };
+        rewrite_upstream_request(&mut req, &starting, &destination).expect("valid");
+        assert_eq!(value(&req, "traceparent"), Some(started));
+        assert_eq!(value(&req, "tracestate"), None);
+        // The client's own valid trace goes on untouched.
+        let mut req = head(&[("traceparent", started), ("tracestate", "a=1")]);
+        rewrite_upstream_request(&mut req, &forwarding(false), &destination).expect("valid");
+        assert_eq!(value(&req, "traceparent"), Some(started));
+        assert_eq!(value(&req, "tracestate"), Some("a=1"));
     }
 
     #[test]

@@ -11,3 +11,4 @@ pub mod head;
 pub mod limit;
 pub mod reply;
 pub mod router;
+pub mod trace;

@@ -241,6 +241,7 @@ impl ClientConnections {
             bytes_in: 0,
             bytes_out: reply.body.len() as u64,
             error: Some(refusal.code()),
+            trace_id: None,
         }
         .render(self.log_format);
         access_log::write(line);

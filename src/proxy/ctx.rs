@@ -4,6 +4,7 @@
 use crate::core::auth::ConsumerId;
 use crate::core::forward::{self, Forwarding, X_REQUEST_ID};
 use crate::core::limit::Window;
+use crate::core::trace::Trace;
 use crate::tables::{Gateway, Route, Target};
 use crate::telemetry::metrics::RouteMetrics;
 use http::HeaderName;
@@ -81,6 +82,8 @@ pub struct RequestCtx {
     pub gateway: Arc<Gateway>,
     pub started: Instant,
     pub request_id: String,
+    /// The W3C trace this request belongs to (set by `identify`).
+    pub trace: Option<Trace>,
     pub client: Option<Client>,
     pub forwarded_for: String,
     /// Whether the client came over TLS (`x-forwarded-proto: https`).
@@ -113,6 +116,7 @@ impl RequestCtx {
             gateway,
             started: Instant::now(),
             request_id: String::new(),
+            trace: None,
             client: None,
             forwarded_for: String::new(),
             https: false,
@@ -135,6 +139,7 @@ impl RequestCtx {
     /// and its `x-forwarded-for`, and whether it came over TLS.
     pub fn identify(&mut self, session: &Session) {
         const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+        const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
         let req = session.req_header();
         self.request_id = match req.headers.get(&X_REQUEST_ID) {
             Some(id) if forward::is_valid_request_id(id.as_bytes()) => {
@@ -142,6 +147,8 @@ impl RequestCtx {
             }
             _ => forward::new_request_id(),
         };
+        let traceparent = req.headers.get(&TRACEPARENT).map(|v| v.as_bytes());
+        self.trace = Some(Trace::of(traceparent));
         if let Some(peer) = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -173,6 +180,11 @@ impl RequestCtx {
             forwarded_for: &self.forwarded_for,
             https: self.https,
             request_id: &self.request_id,
+            traceparent: self
+                .trace
+                .as_ref()
+                .filter(|t| t.started)
+                .map(|t| t.traceparent.as_str()),
         }
     }
 

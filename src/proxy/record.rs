@@ -72,6 +72,7 @@ pub fn record(session: &Session, ctx: &RequestCtx, log_format: LogFormat) {
         bytes_in,
         bytes_out,
         error: ctx.error,
+        trace_id: ctx.trace.as_ref().map(|t| t.trace_id()),
     }
     .render(log_format);
     access_log::write(line);

@@ -29,6 +29,8 @@ pub struct Entry<'a> {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub error: Option<&'a str>,
+    /// The W3C trace id (32 hex digits), joining this line to the backends' spans.
+    pub trace_id: Option<&'a str>,
 }
 
 impl Entry<'_> {
@@ -79,6 +81,7 @@ impl Entry<'_> {
         push_number(&mut out, ",\"bytes_in\":", Some(self.bytes_in));
         push_number(&mut out, ",\"bytes_out\":", Some(self.bytes_out));
         push_str(&mut out, ",\"error\":", self.error);
+        push_str(&mut out, ",\"trace_id\":", self.trace_id);
         out.push('}');
         out
     }
@@ -292,6 +295,7 @@ mod tests {
         bytes_in: u64,
         bytes_out: u64,
         error: Option<&'a str>,
+        trace_id: Option<&'a str>,
     }
 
     fn round3(ms: f64) -> f64 {
@@ -316,6 +320,7 @@ mod tests {
             bytes_in: e.bytes_in,
             bytes_out: e.bytes_out,
             error: e.error,
+            trace_id: e.trace_id,
         })
         .expect("serde")
     }
@@ -348,6 +353,7 @@ mod tests {
                 bytes_in: u64::MAX,
                 bytes_out: 0,
                 error: Some(text),
+                trace_id: Some(text),
             };
             let line = e.json_line(text);
             assert!(!line.contains('\n'), "one line: {line:?}");
@@ -375,6 +381,7 @@ mod tests {
                 "bytes_in",
                 "bytes_out",
                 "error",
+                "trace_id",
             ])
             .collect();
         let line = empty.json_line("t");
@@ -434,6 +441,7 @@ mod tests {
             "bytes_in",
             "bytes_out",
             "error",
+            "trace_id",
         ] {
             assert!(v.get(field).is_some(), "{field} missing");
         }
