@@ -28,7 +28,7 @@ fn upstream_metrics(ctx: &RequestCtx) -> Option<&UpstreamMetrics> {
 
 /// Leases the next peer (a retry releases the previous one) within the
 /// route's time budget.
-pub fn next_peer(ctx: &mut RequestCtx, upgrade: bool) -> Result<Box<HttpPeer>> {
+pub fn next_peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
     let Some(upstream_index) = ctx.upstream_index() else {
         return Err(Error::explain(
             ErrorType::InternalError,
@@ -50,7 +50,7 @@ pub fn next_peer(ctx: &mut RequestCtx, upgrade: bool) -> Result<Box<HttpPeer>> {
         })?;
     let upstream = &ctx.gateway.upstreams[upstream_index];
     let mut peer = upstream.http_peer(lease.peer(), budget);
-    if upgrade {
+    if ctx.upgrade {
         // A WebSocket may sit idle between frames far longer than a read
         // takes: only the idle timeout (and any route deadline) cuts it.
         let idle = upstream.timeouts.idle.max(upstream.timeouts.read);
