@@ -854,6 +854,36 @@ fn what_the_upstreams_connection_header_names_never_reaches_the_client() {
 }
 
 #[test]
+fn an_upstream_framing_other_than_chunked_is_a_502_at_once() {
+    // Each body would be read to the close that never comes.
+    let backend = RawBackend::start(|head| {
+        let te = match head.split_whitespace().nth(1) {
+            Some("/identity") => "transfer-encoding: identity",
+            Some("/chunked-identity") => "transfer-encoding: chunked, identity",
+            _ => "transfer-encoding: chunked\r\ntransfer-encoding: identity",
+        };
+        format!("HTTP/1.1 200 OK\r\n{te}\r\n\r\n5\r\nhello\r\n0\r\n\r\n").into_bytes()
+    });
+    let gw = Gateway::start(&one_route_config(&[backend.addr], "", "auth: none"));
+    for path in ["/identity", "/chunked-identity", "/two"] {
+        let started = Instant::now();
+        let resp = gw.get(path, &[]);
+        assert_eq!(
+            (resp.status, resp.error_code().as_str()),
+            (502, "bad_gateway"),
+            "{path}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5), "{path}");
+    }
+    let log = gw.access_log();
+    assert!(
+        log.iter()
+            .all(|l| l["status"] == 502 && l["error"] == "bad_gateway"),
+        "{log:?}"
+    );
+}
+
+#[test]
 fn a_repeated_equal_content_length_is_forwarded_once() {
     let backend = RawBackend::start(|_| b"HTTP/1.1 204 No Content\r\n\r\n".to_vec());
     let gw = Gateway::start(&one_route_config(&[backend.addr], "", "auth: none"));

@@ -157,6 +157,24 @@ pub fn is_upgrade_request(http11: bool, headers: &HeaderMap) -> bool {
             .any(|name| name.eq_ignore_ascii_case("upgrade"))
 }
 
+/// Whether an upstream answer's framing can be passed on: no
+/// `transfer-encoding`, or exactly one saying `chunked` (any case, trimmed).
+/// Anything else (`identity`, `chunked, identity`, `gzip, chunked`, two
+/// headers) is a body Pingora and the client would delimit differently: the
+/// client would hang or its HTTP/2 stream be reset, so it is answered 502, as
+/// nginx does.
+pub fn upstream_framing_is_plain(headers: &HeaderMap) -> bool {
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
+    match (codings.next(), codings.next()) {
+        (None, _) => true,
+        (Some(only), None) => only
+            .as_bytes()
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"chunked"),
+        (Some(_), Some(_)) => false,
+    }
+}
+
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -700,6 +718,30 @@ mod tests {
         assert_eq!(value(&switching, "x-internal"), None);
         assert_eq!(value(&switching, "keep-alive"), None);
         assert!(value(&switching, "sec-websocket-accept").is_some());
+    }
+
+    #[test]
+    fn only_plain_chunked_framing_is_passed_on() {
+        let plain = |pairs: &[(&str, &str)]| upstream_framing_is_plain(&head(pairs));
+        assert!(plain(&[]));
+        assert!(plain(&[("content-length", "3")]));
+        assert!(plain(&[("transfer-encoding", "chunked")]));
+        assert!(plain(&[("transfer-encoding", "Chunked")]));
+        assert!(plain(&[("transfer-encoding", " chunked\t")]));
+        for refused in [
+            &[("transfer-encoding", "identity")][..],
+            &[("transfer-encoding", "chunked, identity")],
+            &[("transfer-encoding", "identity, chunked")],
+            &[("transfer-encoding", "gzip, chunked")],
+            &[("transfer-encoding", "xchunked")],
+            &[("transfer-encoding", "")],
+            &[
+                ("transfer-encoding", "chunked"),
+                ("transfer-encoding", "chunked"),
+            ],
+        ] {
+            assert!(!plain(refused), "{refused:?}");
+        }
     }
 
     #[test]

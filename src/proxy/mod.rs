@@ -130,8 +130,7 @@ impl ProxyHttp for Portcullis {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        upstream::note_answer(ctx, upstream_response, TELEMETRY);
-        Ok(())
+        upstream::note_answer(ctx, upstream_response, TELEMETRY)
     }
 
     fn upstream_response_body_filter(
