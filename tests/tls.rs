@@ -171,3 +171,30 @@ fn http2_paths_cannot_climb_out_of_a_route_prefix_either() {
     }
     assert!(backend.requests().is_empty(), "nothing reached the backend");
 }
+
+#[test]
+fn over_http2_too_the_upstreams_connection_headers_stay_behind_and_bad_framing_is_a_502() {
+    let backend = RawBackend::start(|head| {
+        if head.starts_with("GET /identity ") {
+            return b"HTTP/1.1 200 OK\r\ntransfer-encoding: identity\r\n\r\nhello".to_vec();
+        }
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: x-internal\r\n\
+          x-internal: 10.0.0.7\r\nx-kept: 1\r\n\r\nok"
+            .to_vec()
+    });
+    let (_dir, tls, _gw) = tls_gateway("tls-h2-hop", "h2.test", backend.addr, "");
+    let out = Command::new("curl")
+        .args(["-sk", "--http2", "-o", "/dev/null"])
+        .args(["-H", &format!("x-api-key: {KEY}")])
+        .args([
+            "-w",
+            "%{http_version} %{http_code} [%header{x-internal}] [%header{x-kept}]",
+        ])
+        .arg(format!("https://{tls}/named"))
+        .output()
+        .expect("run curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "2 200 [] [1]");
+    let (version, code, body) = curl("--http2", &format!("https://{tls}/identity"));
+    assert_eq!((version.as_str(), code.as_str()), ("2", "502"), "{body}");
+    assert!(body.contains("bad_gateway"), "{body}");
+}
