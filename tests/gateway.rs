@@ -69,6 +69,8 @@ fn a_client_cannot_forge_the_secret_or_the_forwarding_headers() {
             ("x-gateway-secret", "forged"),
             ("x-forwarded-for", "6.6.6.6"),
             ("x-forwarded-proto", "https"),
+            ("forwarded", "for=6.6.6.6;proto=https"),
+            ("x-real-ip", "6.6.6.6"),
         ],
     );
     assert_eq!(resp.status, 200);
@@ -80,6 +82,9 @@ fn a_client_cannot_forge_the_secret_or_the_forwarding_headers() {
         "untrusted peer: replaced"
     );
     assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
+    // A backend that believes these would take the client for 6.6.6.6.
+    assert_eq!(seen.header("forwarded"), None, "untrusted peer: dropped");
+    assert_eq!(seen.header("x-real-ip"), None, "untrusted peer: dropped");
 }
 
 #[test]
@@ -88,11 +93,22 @@ fn trusted_proxies_extend_x_forwarded_for() {
     let config =
         one_route_config(&[backend.addr], "", "auth: none") + "trusted_proxies: [127.0.0.0/8]\n";
     let gw = Gateway::start(&config);
-    gw.get("/", &[("x-forwarded-for", "203.0.113.7")]);
+    gw.get(
+        "/",
+        &[
+            ("x-forwarded-for", "203.0.113.7"),
+            ("forwarded", "for=203.0.113.7"),
+            ("x-real-ip", "203.0.113.7"),
+        ],
+    );
+    let seen = backend.last();
     assert_eq!(
-        backend.last().header("x-forwarded-for"),
+        seen.header("x-forwarded-for"),
         Some("203.0.113.7, 127.0.0.1")
     );
+    // A trusted proxy's own claims pass as it sent them.
+    assert_eq!(seen.header("forwarded"), Some("for=203.0.113.7"));
+    assert_eq!(seen.header("x-real-ip"), Some("203.0.113.7"));
     let log = gw.access_log();
     assert_eq!(log.last().expect("a log line")["client"], "203.0.113.7");
 }
@@ -821,4 +837,81 @@ fn debug_logging_never_prints_the_key_or_the_secret() {
     for secret in [KEY, SECRET, "wrong-key-7f3a", "query-secret"] {
         assert!(!all.contains(secret), "{secret} appeared in the logs");
     }
+}
+
+/// What a backend's answer says about its own connection: headers its
+/// `connection` names, and an `upgrade` offer on a plain answer.
+const NAMED_IN_CONNECTION: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\
+connection: x-internal, keep-alive\r\nkeep-alive: timeout=5\r\nx-internal: 10.0.0.7\r\n\
+upgrade: h2c\r\nx-kept: 1\r\n\r\nok";
+
+#[test]
+fn what_the_upstreams_connection_header_names_never_reaches_the_client() {
+    let backend = RawBackend::start(|_| NAMED_IN_CONNECTION.to_vec());
+    let gw = Gateway::start(&one_route_config(&[backend.addr], "", "auth: none"));
+    let resp = gw.get("/", &[]);
+    assert_eq!((resp.status, resp.text().as_str()), (200, "ok"));
+    for gone in ["x-internal", "keep-alive", "upgrade"] {
+        assert_eq!(resp.header(gone), None, "{gone} reached the client");
+    }
+    assert_eq!(resp.header("x-kept"), Some("1"));
+}
+
+#[test]
+fn an_upstream_framing_other_than_chunked_is_a_502_at_once() {
+    // Each body would be read to the close that never comes.
+    let backend = RawBackend::start(|head| {
+        let te = match head.split_whitespace().nth(1) {
+            Some("/identity") => "transfer-encoding: identity",
+            Some("/chunked-identity") => "transfer-encoding: chunked, identity",
+            _ => "transfer-encoding: chunked\r\ntransfer-encoding: identity",
+        };
+        format!("HTTP/1.1 200 OK\r\n{te}\r\n\r\n5\r\nhello\r\n0\r\n\r\n").into_bytes()
+    });
+    let gw = Gateway::start(&one_route_config(&[backend.addr], "", "auth: none"));
+    for path in ["/identity", "/chunked-identity", "/two"] {
+        let started = Instant::now();
+        let resp = gw.get(path, &[]);
+        assert_eq!(
+            (resp.status, resp.error_code().as_str()),
+            (502, "bad_gateway"),
+            "{path}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5), "{path}");
+    }
+    let log = gw.access_log();
+    assert!(
+        log.iter()
+            .all(|l| l["status"] == 502 && l["error"] == "bad_gateway"),
+        "{log:?}"
+    );
+}
+
+#[test]
+fn a_repeated_equal_content_length_is_forwarded_once() {
+    let backend = RawBackend::start(|_| b"HTTP/1.1 204 No Content\r\n\r\n".to_vec());
+    let gw = Gateway::start(&one_route_config(&[backend.addr], "", "auth: none"));
+    let raw = b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\ncontent-length: 3\r\nconnection: close\r\n\r\nabc";
+    assert_eq!(send_raw(gw.addr, raw).expect("response").status, 204);
+    let heads = backend.heads();
+    let head = heads.last().expect("the backend got the request");
+    let lengths = head
+        .lines()
+        .filter(|l| l.to_ascii_lowercase().starts_with("content-length:"))
+        .count();
+    assert_eq!(lengths, 1, "{head}");
+}
+
+#[test]
+fn a_lone_upgrade_header_is_not_turned_into_an_upgrade() {
+    let (gw, backend) = users_gateway("");
+    let raw = format!(
+        "GET /users HTTP/1.1\r\nhost: a\r\nx-api-key: {KEY}\r\nupgrade: websocket\r\n\
+         sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n"
+    );
+    let resp = send_raw(gw.addr, raw.as_bytes()).expect("response");
+    assert_eq!(resp.status, 200);
+    let seen = backend.last();
+    assert_eq!(seen.header("upgrade"), None);
+    assert_eq!(seen.header("connection"), None);
 }

@@ -383,3 +383,28 @@ fn well_formed_edge_cases_are_served_unchanged() {
         .iter()
         .any(|r| r.target == "/private/two"));
 }
+
+#[test]
+fn connect_gets_the_gateways_own_405_and_is_closed() {
+    let (gw, backend) = two_route_gateway("");
+    let raw =
+        format!("CONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\n\r\n{SMUGGLED}");
+    let (responses, closed) = conversation(gw.addr, raw.as_bytes());
+    assert_eq!(responses.len(), 1, "one answer, then nothing");
+    let resp = &responses[0];
+    assert_eq!(
+        (resp.status, resp.error_code().as_str()),
+        (405, "method_not_allowed")
+    );
+    // No method is allowed at an authority: an empty `allow`, not Pingora's bare 405.
+    assert_eq!(resp.header("allow"), Some(""));
+    assert_eq!(resp.header("server"), None);
+    assert!(closed, "what follows a CONNECT is never read as a request");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(backend.requests().is_empty(), "nothing reached the backend");
+    let line = gw.access_log().pop().expect("logged");
+    assert_eq!(
+        (line["method"].as_str(), line["status"].as_u64()),
+        (Some("CONNECT"), Some(405))
+    );
+}

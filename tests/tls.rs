@@ -201,3 +201,86 @@ fn the_server_picks_the_cipher_by_its_own_preference() {
         "the client's choice won: {cipher}"
     );
 }
+
+#[test]
+fn over_http2_too_the_upstreams_connection_headers_stay_behind_and_bad_framing_is_a_502() {
+    let backend = RawBackend::start(|head| {
+        if head.starts_with("GET /identity ") {
+            return b"HTTP/1.1 200 OK\r\ntransfer-encoding: identity\r\n\r\nhello".to_vec();
+        }
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: x-internal\r\n\
+          x-internal: 10.0.0.7\r\nx-kept: 1\r\n\r\nok"
+            .to_vec()
+    });
+    let (_dir, tls, _gw) = tls_gateway("tls-h2-hop", "h2.test", backend.addr, "");
+    let out = Command::new("curl")
+        .args(["-sk", "--http2", "-o", "/dev/null"])
+        .args(["-H", &format!("x-api-key: {KEY}")])
+        .args([
+            "-w",
+            "%{http_version} %{http_code} [%header{x-internal}] [%header{x-kept}]",
+        ])
+        .arg(format!("https://{tls}/named"))
+        .output()
+        .expect("run curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "2 200 [] [1]");
+    let (version, code, body) = curl("--http2", &format!("https://{tls}/identity"));
+    assert_eq!((version.as_str(), code.as_str()), ("2", "502"), "{body}");
+    assert!(body.contains("bad_gateway"), "{body}");
+}
+
+/// An HTTP/2 CONNECT (only `:method` and `:authority`, as RFC 9113 §8.5
+/// wants) to the TLS listener: its status, headers and body.
+fn http2_connect(tls: SocketAddr) -> (u16, http::HeaderMap, Vec<u8>) {
+    use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(tls).await.expect("connect");
+        let mut connector = SslConnector::builder(SslMethod::tls()).expect("connector");
+        connector.set_verify(SslVerifyMode::NONE);
+        connector.set_alpn_protos(b"\x02h2").expect("alpn");
+        let ssl = connector
+            .build()
+            .configure()
+            .and_then(|c| c.into_ssl("h2.test"))
+            .expect("ssl");
+        let mut stream = tokio_openssl::SslStream::new(ssl, tcp).expect("tls stream");
+        std::pin::Pin::new(&mut stream)
+            .connect()
+            .await
+            .expect("TLS handshake");
+        let (mut client, connection) = h2::client::handshake(stream).await.expect("h2");
+        tokio::spawn(connection);
+        let request = http::Request::builder()
+            .method("CONNECT")
+            .uri("example.com:443")
+            .body(())
+            .expect("request");
+        let (answer, _send) = client.send_request(request, false).expect("send");
+        let answer = answer.await.expect("an answer, not a reset");
+        let (head, mut body) = answer.into_parts();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = body.data().await {
+            bytes.extend_from_slice(&chunk.expect("body"));
+        }
+        (head.status.as_u16(), head.headers, bytes)
+    })
+}
+
+#[test]
+fn an_http2_connect_gets_the_gateways_own_405() {
+    let backend = Backend::echo();
+    let (_dir, tls, _gw) = tls_gateway("tls-h2-connect", "h2.test", backend.addr, "");
+    let (status, headers, body) = http2_connect(tls);
+    assert_eq!(status, 405, "{}", String::from_utf8_lossy(&body));
+    let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    assert_eq!(header("content-type"), Some("application/json"));
+    assert_eq!(header("allow"), Some(""));
+    assert_eq!(header("server"), None);
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("JSON body");
+    assert_eq!(v["error"], "method_not_allowed");
+    assert!(backend.requests().is_empty(), "nothing reached the backend");
+}

@@ -14,15 +14,23 @@ use std::net::IpAddr;
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
 /// `upgrade` is absent: the proxy needs it to pass WebSocket upgrades through.
+/// `transfer-encoding` too: Pingora re-frames bodies and reads it itself.
 /// Names, not strings: removing by `&str` parses the name on every request.
-pub const HOP_BY_HOP: [HeaderName; 6] = [
+pub const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::TE,
     header::TRAILER,
     header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
 ];
+
+/// Sent with an HTTP/1 upgrade to h2c; meaningless without that upgrade.
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+/// Client-address headers a backend may believe: only a trusted proxy's pass.
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 fn is_trusted(ip: &IpAddr, trusted: &[IpNet]) -> bool {
     trusted.iter().any(|net| net.contains(ip))
@@ -35,6 +43,9 @@ pub struct Forwarded {
     /// `client` as text, for the access log.
     pub client_text: String,
     pub header: String,
+    /// The TCP peer is in `trusted_proxies`: its `forwarded` and `x-real-ip`
+    /// pass unchanged, as its `x-forwarded-for` is believed.
+    pub peer_trusted: bool,
 }
 
 impl Forwarded {
@@ -45,6 +56,7 @@ impl Forwarded {
             client: peer,
             client_text: text.clone(),
             header: text,
+            peer_trusted: false,
         }
     }
 }
@@ -55,9 +67,13 @@ impl Forwarded {
 /// `x-forwarded-for` is believed, the client is its rightmost untrusted address,
 /// and the peer is appended to it. Otherwise the header is replaced.
 pub fn forwarded_for(peer: IpAddr, incoming: Option<&str>, trusted: &[IpNet]) -> Forwarded {
-    let believed = incoming.filter(|_| is_trusted(&peer, trusted));
+    let peer_trusted = is_trusted(&peer, trusted);
+    let believed = incoming.filter(|_| peer_trusted);
     let Some(chain) = believed else {
-        return Forwarded::peer(peer);
+        return Forwarded {
+            peer_trusted,
+            ..Forwarded::peer(peer)
+        };
     };
     let hops: Option<Vec<IpAddr>> = chain
         .split(',')
@@ -65,8 +81,14 @@ pub fn forwarded_for(peer: IpAddr, incoming: Option<&str>, trusted: &[IpNet]) ->
         .collect();
     match hops {
         // An unparsable chain cannot be believed: start a new one.
-        None => Forwarded::peer(peer),
-        Some(hops) if hops.is_empty() => Forwarded::peer(peer),
+        None => Forwarded {
+            peer_trusted,
+            ..Forwarded::peer(peer)
+        },
+        Some(hops) if hops.is_empty() => Forwarded {
+            peer_trusted,
+            ..Forwarded::peer(peer)
+        },
         Some(hops) => {
             let client = hops
                 .iter()
@@ -84,6 +106,7 @@ pub fn forwarded_for(peer: IpAddr, incoming: Option<&str>, trusted: &[IpNet]) ->
                 client,
                 client_text: client.to_string(),
                 header,
+                peer_trusted,
             }
         }
     }
@@ -105,6 +128,51 @@ pub fn new_request_id() -> String {
 /// Header names listed in a `connection` header, which are hop-by-hop too.
 pub fn connection_listed(value: &str) -> impl Iterator<Item = &str> {
     value.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// Every header name the `connection` headers of a head list. Rare, so the
+/// list is only allocated when there is one.
+fn connection_names(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(connection_listed)
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+        .collect()
+}
+
+/// Whether a request asks to switch protocols: HTTP/1.1 with `upgrade` AND a
+/// `connection` listing `upgrade` (RFC 9110 §7.8). Pingora's own
+/// `is_upgrade_req` looks at `upgrade` alone; a lone `upgrade` is a header
+/// like any other and must not become a handshake on the way upstream.
+pub fn is_upgrade_request(http11: bool, headers: &HeaderMap) -> bool {
+    http11
+        && headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(connection_listed)
+            .any(|name| name.eq_ignore_ascii_case("upgrade"))
+}
+
+/// Whether an upstream answer's framing can be passed on: no
+/// `transfer-encoding`, or exactly one saying `chunked` (any case, trimmed).
+/// Anything else (`identity`, `chunked, identity`, `gzip, chunked`, two
+/// headers) is a body Pingora and the client would delimit differently: the
+/// client would hang or its HTTP/2 stream be reset, so it is answered 502, as
+/// nginx does.
+pub fn upstream_framing_is_plain(headers: &HeaderMap) -> bool {
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
+    match (codings.next(), codings.next()) {
+        (None, _) => true,
+        (Some(only), None) => only
+            .as_bytes()
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"chunked"),
+        (Some(_), Some(_)) => false,
+    }
 }
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -155,6 +223,10 @@ pub struct Forwarding<'a> {
     /// A `traceparent` the gateway started (`core::trace`), to send instead of
     /// the client's invalid or missing one; `None` keeps the client's.
     pub traceparent: Option<&'a str>,
+    /// The client asked to switch protocols ([`is_upgrade_request`]).
+    pub upgrade: bool,
+    /// The TCP peer is a trusted proxy ([`Forwarded::peer_trusted`]).
+    pub peer_trusted: bool,
 }
 
 /// Where one upstream request goes: the upstream's and route's header edits
@@ -186,17 +258,10 @@ pub fn rewrite_upstream_request<H: HeaderEdit>(
     destination: &Destination<'_>,
 ) -> Result<(), H::Error> {
     req.remove(forwarding.key_header);
-    let is_upgrade = req.headers().contains_key(header::UPGRADE);
-    // Rare (a `connection` header naming others): only then is a list made.
-    let listed: Vec<HeaderName> = req
-        .headers()
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(connection_listed)
-        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
-        .collect();
-    for name in &listed {
+    // Judged on the client's request: Pingora has already normalised this head
+    // and added `connection: upgrade` to any `upgrade: websocket`.
+    let is_upgrade = forwarding.upgrade && req.headers().contains_key(header::UPGRADE);
+    for name in &connection_names(req.headers()) {
         if !(is_upgrade && *name == header::UPGRADE) {
             req.remove(name);
         }
@@ -206,6 +271,27 @@ pub fn rewrite_upstream_request<H: HeaderEdit>(
     }
     if is_upgrade {
         req.insert(header::CONNECTION, HeaderValue::from_static("upgrade"))?;
+    } else {
+        req.remove(&header::UPGRADE);
+        req.remove(&HTTP2_SETTINGS);
+    }
+    if !forwarding.peer_trusted {
+        // Like `x-forwarded-for`: a client's own claim of its address is not
+        // passed to a backend that may believe it.
+        req.remove(&FORWARDED);
+        req.remove(&X_REAL_IP);
+    }
+    // Two equal lengths passed the head gate (different ones are refused):
+    // the upstream gets one, so no parser downstream can read two.
+    let repeated_length = {
+        let mut lengths = req.headers().get_all(header::CONTENT_LENGTH).iter();
+        match (lengths.next(), lengths.next()) {
+            (Some(first), Some(_)) => Some(first.clone()),
+            _ => None,
+        }
+    };
+    if let Some(length) = repeated_length {
+        req.insert(header::CONTENT_LENGTH, length)?;
     }
 
     let original_host = req.headers().get(HOST).cloned();
@@ -237,8 +323,10 @@ pub fn rewrite_upstream_request<H: HeaderEdit>(
 }
 
 /// An upstream's answer as the client gets it: no header an upstream's
-/// `headers` sets (a secret), no hop-by-hop header unless it switches
-/// protocols, then the route's `response_headers`.
+/// `headers` sets (a secret), no hop-by-hop header nor one its `connection`
+/// names (RFC 9110 §7.6.1), no `upgrade` unless it switches protocols (then
+/// `connection: upgrade` and `upgrade` stay), then the route's
+/// `response_headers`.
 pub fn rewrite_upstream_response<H: HeaderEdit>(
     resp: &mut H,
     secret_headers: &[HeaderName],
@@ -248,10 +336,24 @@ pub fn rewrite_upstream_response<H: HeaderEdit>(
     for name in secret_headers {
         resp.remove(name);
     }
-    if !switching_protocols {
-        for name in &HOP_BY_HOP {
+    for name in &connection_names(resp.headers()) {
+        // The body's framing is Pingora's to read and rewrite, whatever the
+        // upstream lists: removing it here would leave the answer unframed.
+        let framing = *name == header::CONTENT_LENGTH || *name == header::TRANSFER_ENCODING;
+        let switch = switching_protocols && *name == header::UPGRADE;
+        if !(framing || switch) {
             resp.remove(name);
         }
+    }
+    for name in &HOP_BY_HOP {
+        resp.remove(name);
+    }
+    if switching_protocols {
+        resp.insert(header::CONNECTION, HeaderValue::from_static("upgrade"))?;
+    } else {
+        // An `upgrade` on any other answer (an h2c offer) is an invitation the
+        // client cannot take through the gateway.
+        resp.remove(&header::UPGRADE);
     }
     route_headers.apply(resp)
 }
@@ -313,7 +415,9 @@ mod tests {
             client,
             client_text,
             header: xff,
+            peer_trusted,
         } = forwarded_for(peer, Some("1.2.3.4"), &nets(&["10.0.0.0/8"]));
+        assert!(!peer_trusted);
         assert_eq!(client_text, "203.0.113.9");
         assert_eq!(client, peer);
         assert_eq!(xff, "203.0.113.9");
@@ -327,7 +431,9 @@ mod tests {
             client,
             client_text,
             header: xff,
+            peer_trusted,
         } = forwarded_for(peer, Some("1.2.3.4, 198.51.100.7, 10.0.0.5"), &trusted);
+        assert!(peer_trusted);
         assert_eq!(client_text, "198.51.100.7");
         assert_eq!(client.to_string(), "198.51.100.7");
         assert_eq!(xff, "1.2.3.4, 198.51.100.7, 10.0.0.5, 10.0.0.2");
@@ -388,6 +494,20 @@ mod tests {
             https,
             request_id: "req-1",
             traceparent: None,
+            upgrade: false,
+            peer_trusted: false,
+        }
+    }
+
+    fn no_destination() -> Destination<'static> {
+        static NO_RULES: HeaderRules = HeaderRules {
+            set: Vec::new(),
+            remove: Vec::new(),
+        };
+        Destination {
+            upstream_headers: &[],
+            route_headers: &NO_RULES,
+            host: Host::Keep,
         }
     }
 
@@ -463,12 +583,12 @@ mod tests {
             ("connection", "Upgrade"),
             ("upgrade", "websocket"),
         ]);
-        let destination = Destination {
-            upstream_headers: &[],
-            route_headers: &HeaderRules::default(),
-            host: Host::Keep,
+        let headers = req.clone();
+        let upgrade = Forwarding {
+            upgrade: is_upgrade_request(true, &headers),
+            ..forwarding(false)
         };
-        rewrite_upstream_request(&mut req, &forwarding(false), &destination).expect("valid");
+        rewrite_upstream_request(&mut req, &upgrade, &no_destination()).expect("valid");
         assert_eq!(value(&req, "connection"), Some("upgrade"));
         assert_eq!(value(&req, "upgrade"), Some("websocket"));
         assert_eq!(value(&req, "host"), Some("ws.example.com"));
@@ -514,6 +634,148 @@ mod tests {
         rewrite_upstream_response(&mut switching, &[], true, &HeaderRules::default())
             .expect("valid");
         assert_eq!(value(&switching, "connection"), Some("upgrade"));
+    }
+
+    #[test]
+    fn an_upgrade_needs_both_upgrade_and_a_connection_listing_it() {
+        let upgrade =
+            |version_11, pairs: &[(&str, &str)]| is_upgrade_request(version_11, &head(pairs));
+        assert!(upgrade(
+            true,
+            &[("upgrade", "websocket"), ("connection", "Upgrade")]
+        ));
+        assert!(upgrade(
+            true,
+            &[
+                ("upgrade", "websocket"),
+                ("connection", "keep-alive, UPGRADE")
+            ]
+        ));
+        assert!(upgrade(
+            true,
+            &[
+                ("upgrade", "websocket"),
+                ("connection", "keep-alive"),
+                ("connection", "upgrade")
+            ]
+        ));
+        assert!(!upgrade(true, &[("upgrade", "websocket")]));
+        assert!(!upgrade(
+            true,
+            &[("upgrade", "websocket"), ("connection", "upgrades")]
+        ));
+        assert!(!upgrade(true, &[("connection", "upgrade")]));
+        assert!(!upgrade(
+            false,
+            &[("upgrade", "websocket"), ("connection", "upgrade")]
+        ));
+        // A lone `upgrade` arrives here already given `connection: Upgrade` by
+        // Pingora: judged on the client's request, it is not passed on.
+        let mut req = head(&[
+            ("host", "a"),
+            ("upgrade", "websocket"),
+            ("connection", "Upgrade"),
+            ("http2-settings", "AAMAAABkAAQCAAAAAAIAAAAA"),
+        ]);
+        rewrite_upstream_request(&mut req, &forwarding(false), &no_destination()).expect("valid");
+        for gone in ["upgrade", "connection", "http2-settings"] {
+            assert_eq!(value(&req, gone), None, "{gone}");
+        }
+    }
+
+    #[test]
+    fn client_address_claims_pass_only_from_a_trusted_proxy() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        let from = |peer: &str| forwarded_for(peer.parse().expect("ip"), None, &trusted);
+        assert!(from("10.1.2.3").peer_trusted);
+        assert!(!from("203.0.113.9").peer_trusted);
+        let claims = [
+            ("host", "a"),
+            ("forwarded", "for=6.6.6.6;proto=https"),
+            ("x-real-ip", "6.6.6.6"),
+        ];
+        let mut req = head(&claims);
+        rewrite_upstream_request(&mut req, &forwarding(false), &no_destination()).expect("valid");
+        assert_eq!(value(&req, "forwarded"), None);
+        assert_eq!(value(&req, "x-real-ip"), None);
+        let mut req = head(&claims);
+        let from_proxy = Forwarding {
+            peer_trusted: true,
+            ..forwarding(false)
+        };
+        rewrite_upstream_request(&mut req, &from_proxy, &no_destination()).expect("valid");
+        assert_eq!(value(&req, "forwarded"), Some("for=6.6.6.6;proto=https"));
+        assert_eq!(value(&req, "x-real-ip"), Some("6.6.6.6"));
+    }
+
+    #[test]
+    fn a_repeated_equal_content_length_goes_upstream_once() {
+        let mut req = head(&[
+            ("host", "a"),
+            ("content-length", "3"),
+            ("content-length", "3"),
+        ]);
+        rewrite_upstream_request(&mut req, &forwarding(false), &no_destination()).expect("valid");
+        let lengths: Vec<_> = req.get_all("content-length").iter().collect();
+        assert_eq!(lengths, ["3"]);
+    }
+
+    #[test]
+    fn answers_lose_what_their_connection_header_names_and_a_stray_upgrade() {
+        let mut resp = head(&[
+            ("connection", "x-internal, keep-alive"),
+            ("connection", "Content-Length"),
+            ("x-internal", "10.0.0.7"),
+            ("keep-alive", "timeout=5"),
+            ("upgrade", "h2c"),
+            ("content-length", "2"),
+            ("x-kept", "1"),
+        ]);
+        rewrite_upstream_response(&mut resp, &[], false, &HeaderRules::default()).expect("valid");
+        for gone in ["connection", "x-internal", "keep-alive", "upgrade"] {
+            assert_eq!(value(&resp, gone), None, "{gone}");
+        }
+        assert_eq!(value(&resp, "content-length"), Some("2"), "framing stays");
+        assert_eq!(value(&resp, "x-kept"), Some("1"));
+        // A 101 keeps what the switch needs, and only that.
+        let mut switching = head(&[
+            ("connection", "Upgrade, x-internal"),
+            ("upgrade", "websocket"),
+            ("x-internal", "1"),
+            ("keep-alive", "timeout=5"),
+            ("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        ]);
+        rewrite_upstream_response(&mut switching, &[], true, &HeaderRules::default())
+            .expect("valid");
+        assert_eq!(value(&switching, "connection"), Some("upgrade"));
+        assert_eq!(value(&switching, "upgrade"), Some("websocket"));
+        assert_eq!(value(&switching, "x-internal"), None);
+        assert_eq!(value(&switching, "keep-alive"), None);
+        assert!(value(&switching, "sec-websocket-accept").is_some());
+    }
+
+    #[test]
+    fn only_plain_chunked_framing_is_passed_on() {
+        let plain = |pairs: &[(&str, &str)]| upstream_framing_is_plain(&head(pairs));
+        assert!(plain(&[]));
+        assert!(plain(&[("content-length", "3")]));
+        assert!(plain(&[("transfer-encoding", "chunked")]));
+        assert!(plain(&[("transfer-encoding", "Chunked")]));
+        assert!(plain(&[("transfer-encoding", " chunked\t")]));
+        for refused in [
+            &[("transfer-encoding", "identity")][..],
+            &[("transfer-encoding", "chunked, identity")],
+            &[("transfer-encoding", "identity, chunked")],
+            &[("transfer-encoding", "gzip, chunked")],
+            &[("transfer-encoding", "xchunked")],
+            &[("transfer-encoding", "")],
+            &[
+                ("transfer-encoding", "chunked"),
+                ("transfer-encoding", "chunked"),
+            ],
+        ] {
+            assert!(!plain(refused), "{refused:?}");
+        }
     }
 
     #[test]

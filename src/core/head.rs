@@ -21,6 +21,9 @@ pub enum Verdict {
     TooLarge,
     /// Malformed or ambiguous; why, for the log.
     Malformed(&'static str),
+    /// A well-formed `CONNECT`: the gateway opens no tunnels (405). Judged
+    /// here because Pingora would answer it itself, bare, before any hook.
+    Connect,
 }
 
 /// Judges `buf`, which starts at the beginning of a request, against a limit of
@@ -60,6 +63,9 @@ pub fn inspect(buf: &[u8], max_head: usize) -> Verdict {
     let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
         return Verdict::Malformed("malformed request line");
     };
+    if method == "CONNECT" {
+        return Verdict::Connect;
+    }
     let authority = match check_target(method, target) {
         Ok(authority) => authority,
         Err(why) => return Verdict::Malformed(why),
@@ -95,13 +101,10 @@ fn bad_line_ends(head: &[u8]) -> Option<&'static str> {
 }
 
 /// The request target: origin-form (`/path?query`), absolute-form
-/// (`http://host/path`, RFC 9112 §3.2.2 says a server must accept it), `*` for
-/// OPTIONS, or an authority for CONNECT (which Pingora refuses itself).
-/// Returns the authority of an absolute-form target, which `host` must equal.
+/// (`http://host/path`, RFC 9112 §3.2.2 says a server must accept it), or `*`
+/// for OPTIONS (CONNECT's authority-form never gets here). Returns the
+/// authority of an absolute-form target, which `host` must equal.
 fn check_target<'a>(method: &str, target: &'a str) -> Result<Option<&'a str>, &'static str> {
-    if method == "CONNECT" {
-        return Ok(None);
-    }
     if target == "*" {
         return if method == "OPTIONS" {
             Ok(None)
@@ -411,6 +414,22 @@ mod tests {
         refused("GET /a#frag HTTP/1.1\r\nhost: a\r\n\r\n");
         refused("GET users HTTP/1.1\r\nhost: a\r\n\r\n");
         refused("GET * HTTP/1.1\r\nhost: a\r\n\r\n");
+    }
+
+    #[test]
+    fn connect_is_told_apart_once_the_head_is_whole_and_well_formed() {
+        let connect = "CONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\n\r\n";
+        assert_eq!(verdict(connect), Verdict::Connect);
+        assert_eq!(
+            verdict("CONNECT example.com:443 HTTP/1.1\r\n"),
+            Verdict::Incomplete
+        );
+        refused("CONNECT example.com:443 HTTP/1.1\nhost: a\n\n");
+        // The method is case-sensitive (RFC 9110 §9.1): `connect` is another one.
+        assert!(matches!(
+            verdict("connect / HTTP/1.1\r\nhost: a\r\n\r\n"),
+            Verdict::Complete(_)
+        ));
     }
 
     #[test]

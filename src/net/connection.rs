@@ -1,7 +1,7 @@
 //! Client connections, before Pingora's HTTP layer reads them: the connection
 //! limit, the header-read and idle timeouts, and the head check of [`crate::core::head`]
 //! for every HTTP/1 request, refused with the gateway's own JSON 400 or 431
-//! (SPEC §3 `limits`, §4).
+//! (SPEC §3 `limits`, §4), and CONNECT, refused with its JSON 405.
 //!
 //! Pingora reads a head with a fresh 60 s timeout per read, allows 1 MiB and
 //! answers a malformed one with a bare 400 that no hook sees. So this layer reads
@@ -324,6 +324,14 @@ fn judge(read: BytesMut, limits: &ClientLimits) -> Result<Head, BytesMut> {
         Verdict::Malformed(why) => Ok(Head::Refused {
             refusal: Refusal::BadRequest,
             why,
+            read,
+        }),
+        // The gateway serves no resource at an authority, so it allows no
+        // method there: an empty `allow` (RFC 9110 §10.2.1). Closed after,
+        // as what follows a CONNECT would be tunnel bytes.
+        Verdict::Connect => Ok(Head::Refused {
+            refusal: Refusal::MethodNotAllowed { allow: Vec::new() },
+            why: "CONNECT: the gateway opens no tunnels",
             read,
         }),
     }

@@ -96,6 +96,13 @@ impl Admission {
 
 /// Route, key and declared body size.
 pub fn admit(gw: &Gateway, request: &RequestFacts<'_>) -> Admission {
+    // The gateway opens no tunnels and serves nothing at an authority. An
+    // HTTP/1 CONNECT was refused by the connection gate; an HTTP/2 one gets
+    // here (Pingora lets it through for this, `allow_connect_method_proxying`).
+    if request.method == Method::CONNECT {
+        let allow_none = Refusal::MethodNotAllowed { allow: Vec::new() };
+        return Admission::refused(None, None, allow_none);
+    }
     // HTTP/1 heads were judged whole by the connection gate; an HTTP/2 path is
     // judged here, so no protocol can climb out of a route's prefix.
     if head::check_path(request.path).is_err() {
@@ -332,6 +339,18 @@ routes:
             ),
             Some(Refusal::BadRequest)
         );
+    }
+
+    #[test]
+    fn connect_is_refused_whatever_its_target_and_key() {
+        let gw = gateway();
+        for path in ["", "/users", "/open"] {
+            assert_eq!(
+                admit(&gw, &facts(&Method::CONNECT, path, Some("alice-key"))),
+                Admission::refused(None, None, Refusal::MethodNotAllowed { allow: Vec::new() }),
+                "{path:?}"
+            );
+        }
     }
 
     #[test]

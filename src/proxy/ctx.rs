@@ -88,6 +88,10 @@ pub struct RequestCtx {
     pub forwarded_for: String,
     /// Whether the client came over TLS (`x-forwarded-proto: https`).
     pub https: bool,
+    /// The TCP peer is in `trusted_proxies`.
+    pub peer_trusted: bool,
+    /// The client asked to switch protocols (`forward::is_upgrade_request`).
+    pub upgrade: bool,
     pub route: Option<usize>,
     pub consumer: Option<ConsumerId>,
     /// The route's timeout, from the request's start.
@@ -120,6 +124,8 @@ impl RequestCtx {
             client: None,
             forwarded_for: String::new(),
             https: false,
+            peer_trusted: false,
+            upgrade: false,
             route: None,
             consumer: None,
             deadline: None,
@@ -136,7 +142,8 @@ impl RequestCtx {
     }
 
     /// Notes who is asking (SPEC §4): the request id kept or made, the client
-    /// and its `x-forwarded-for`, and whether it came over TLS.
+    /// and its `x-forwarded-for`, whether it asks for an upgrade, and whether
+    /// it came over TLS.
     pub fn identify(&mut self, session: &Session) {
         const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
         const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -169,7 +176,10 @@ impl RequestCtx {
                 text: forwarded.client_text,
             });
             self.forwarded_for = forwarded.header;
+            self.peer_trusted = forwarded.peer_trusted;
         }
+        self.upgrade =
+            forward::is_upgrade_request(req.version == http::Version::HTTP_11, &req.headers);
         self.https = session.digest().is_some_and(|d| d.ssl_digest.is_some());
     }
 
@@ -185,6 +195,8 @@ impl RequestCtx {
                 .as_ref()
                 .filter(|t| t.started)
                 .map(|t| t.traceparent.as_str()),
+            upgrade: self.upgrade,
+            peer_trusted: self.peer_trusted,
         }
     }
 

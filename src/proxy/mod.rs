@@ -73,10 +73,12 @@ impl ProxyHttp for Portcullis {
 
     async fn upstream_peer(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        upstream::next_peer(ctx, session.is_upgrade_req())
+        // Our own judgement of an upgrade, not `session.is_upgrade_req()`
+        // (`upgrade` alone): the one `upstream_request_filter` forwards by.
+        upstream::next_peer(ctx)
     }
 
     fn fail_to_connect(
@@ -133,8 +135,7 @@ impl ProxyHttp for Portcullis {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        upstream::note_answer(ctx, upstream_response, TELEMETRY);
-        Ok(())
+        upstream::note_answer(ctx, upstream_response, TELEMETRY)
     }
 
     fn upstream_response_body_filter(

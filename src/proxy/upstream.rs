@@ -28,7 +28,7 @@ fn upstream_metrics(ctx: &RequestCtx) -> Option<&UpstreamMetrics> {
 
 /// Leases the next peer (a retry releases the previous one) within the
 /// route's time budget.
-pub fn next_peer(ctx: &mut RequestCtx, upgrade: bool) -> Result<Box<HttpPeer>> {
+pub fn next_peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
     let Some(upstream_index) = ctx.upstream_index() else {
         return Err(Error::explain(
             ErrorType::InternalError,
@@ -50,7 +50,7 @@ pub fn next_peer(ctx: &mut RequestCtx, upgrade: bool) -> Result<Box<HttpPeer>> {
         })?;
     let upstream = &ctx.gateway.upstreams[upstream_index];
     let mut peer = upstream.http_peer(lease.peer(), budget);
-    if upgrade {
+    if ctx.upgrade {
         // A WebSocket may sit idle between frames far longer than a read
         // takes: only the idle timeout (and any route deadline) cuts it.
         let idle = upstream.timeouts.idle.max(upstream.timeouts.read);
@@ -164,13 +164,24 @@ pub fn answer_in_time(ctx: &RequestCtx) -> Result<()> {
     Ok(())
 }
 
-/// Notes the upstream's answer: its status and how long it took.
-pub fn note_answer(ctx: &mut RequestCtx, answer: &ResponseHeader, telemetry: bool) {
+/// Notes the upstream's answer: its status and how long it took. An answer
+/// framed by a transfer-coding other than plain `chunked` is refused (502):
+/// this runs before any byte of the answer is sent, and the error reaches
+/// `fail_to_proxy` like any upstream failure.
+pub fn note_answer(ctx: &mut RequestCtx, answer: &ResponseHeader, telemetry: bool) -> Result<()> {
     let status = answer.status;
     if status.is_informational() && status != http::StatusCode::SWITCHING_PROTOCOLS {
-        return; // a 103 or 100 before the real answer
+        return Ok(()); // a 103 or 100 before the real answer
     }
     ctx.upstream_status = Some(status.as_u16());
+    if !forward::upstream_framing_is_plain(&answer.headers) {
+        return Err(refusal_error(
+            Refusal::BadGateway,
+            ErrorType::InvalidHTTPHeader,
+            "upstream answer has a transfer-coding other than chunked",
+        )
+        .into_up());
+    }
     if let Some(started) = ctx.upstream_started {
         let elapsed = started.elapsed();
         ctx.upstream_elapsed = Some(elapsed);
@@ -178,4 +189,5 @@ pub fn note_answer(ctx: &mut RequestCtx, answer: &ResponseHeader, telemetry: boo
             metrics.duration.observe(elapsed.as_secs_f64());
         }
     }
+    Ok(())
 }

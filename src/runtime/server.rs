@@ -171,6 +171,10 @@ fn proxy_service(
     // hold a `max_connections` slot for ever.
     let mut options = pingora_core::apps::HttpServerOptions::default();
     options.h2_idle_timeout = Some(tables.load().client_limits.idle_timeout);
+    // Pingora would answer CONNECT itself with a bare 405 before any hook; let
+    // it through to `request_filter`, where admission refuses every CONNECT
+    // with the gateway's JSON 405 (HTTP/1 ones never get past the head gate).
+    options.allow_connect_method_proxying = true;
     proxy.server_options = Some(options);
     let connections = ClientConnections::new(proxy, tables.clone(), plan.log_format);
     let mut proxy_service = Service::new("portcullis".to_string(), connections);

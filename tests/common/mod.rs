@@ -357,6 +357,78 @@ fn read_request(reader: &mut impl BufRead) -> Option<Received> {
     })
 }
 
+/// What a [`RawBackend`] writes for a request head.
+type RawAnswer = dyn Fn(&str) -> Vec<u8> + Send + Sync;
+
+/// A backend that writes exactly the bytes its `answer` gives for a request
+/// head (framing mistakes and all), and records every head as it arrived,
+/// repeated headers included: what the parsing [`Backend`] would tidy away.
+pub struct RawBackend {
+    pub addr: SocketAddr,
+    heads: Arc<Mutex<Vec<String>>>,
+}
+
+impl RawBackend {
+    pub fn start(answer: impl Fn(&str) -> Vec<u8> + Send + Sync + 'static) -> RawBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind raw backend");
+        let addr = listener.local_addr().expect("raw backend addr");
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let answer: Arc<RawAnswer> = Arc::new(answer);
+        let seen = heads.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let (answer, seen) = (answer.clone(), seen.clone());
+                std::thread::spawn(move || serve_raw(stream, &*answer, &seen));
+            }
+        });
+        RawBackend { addr, heads }
+    }
+
+    /// Every request head received so far, with its CRLFs.
+    pub fn heads(&self) -> Vec<String> {
+        self.heads.lock().expect("lock").clone()
+    }
+}
+
+/// Answers one connection's requests until the peer closes it; a request's
+/// body is read by its (first) content-length, which is all the tests send.
+fn serve_raw(stream: TcpStream, answer: &RawAnswer, heads: &Mutex<Vec<String>>) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            head.push_str(&line);
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let length = head
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, value)| value.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        heads.lock().expect("lock").push(head.clone());
+        if writer.write_all(&answer(&head)).is_err() {
+            return;
+        }
+    }
+}
+
 /// A response as the client saw it.
 #[derive(Debug, Clone)]
 pub struct Response {
