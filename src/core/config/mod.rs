@@ -17,19 +17,44 @@ use http::Method;
 use std::collections::HashSet;
 use std::path::Path;
 
+/// The largest config file accepted. Loading costs memory in proportion to the
+/// file (the YAML tree, then the tables); 16 MiB holds well over 100,000 routes.
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
+
 /// Reads and checks a config file, substituting `${VAR}` from the process environment.
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
     let file = path.display().to_string();
-    let source = std::fs::read_to_string(path).map_err(|e| {
+    let source = read_bounded(path).map_err(|message| {
         ConfigErrors(vec![ConfigError {
             file: file.clone(),
             line: 1,
             col: 1,
             path: String::new(),
-            message: format!("cannot read the file: {e}"),
+            message,
         }])
     })?;
     load_str(&source, &file, &|name| std::env::var(name).ok())
+}
+
+/// The file's text, refused before reading when larger than [`MAX_FILE_BYTES`].
+fn read_bounded(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let cannot = |e: std::io::Error| format!("cannot read the file: {e}");
+    let too_large = || format!("the file is larger than {} MiB", MAX_FILE_BYTES >> 20);
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    if file.metadata().map_err(cannot)?.len() > MAX_FILE_BYTES {
+        return Err(too_large());
+    }
+    // The size is checked again while reading: the file may grow meanwhile, or
+    // not be a regular file at all (a pipe, /dev/zero).
+    let mut source = String::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_string(&mut source)
+        .map_err(cannot)?;
+    if source.len() as u64 > MAX_FILE_BYTES {
+        return Err(too_large());
+    }
+    Ok(source)
 }
 
 /// Parses, decodes and checks `source`; `file` names it in errors.
@@ -44,7 +69,7 @@ pub fn load_str(
             line: e.mark.line,
             col: e.mark.col,
             path: String::new(),
-            message: format!("invalid YAML: {}", e.message),
+            message: e.message,
         }])
     })?;
     let mut cx = Cx::new(file, env);
