@@ -617,6 +617,41 @@ fn config_test_flag_lists_every_error_and_exits_1() {
 }
 
 #[test]
+fn config_test_refuses_deep_nesting_with_a_position() {
+    let dir = temp_dir("deep");
+    let path = dir.join("deep.yaml");
+    std::fs::write(&path, nested_mappings(5_000)).expect("write");
+    let out = check_config(&path, 1024, Duration::from_secs(10));
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let file = path.display().to_string();
+    // The root mapping is level 1: the 65th `a:` is one too many (marked at its `:`).
+    assert!(
+        out.stderr.contains(&format!(
+            "{file}:65:66: too deeply nested: more than 64 levels"
+        )),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn config_test_refuses_an_alias_bomb_quickly_and_in_little_memory() {
+    let dir = temp_dir("bomb");
+    let path = dir.join("bomb.yaml");
+    std::fs::write(&path, alias_bomb()).expect("write");
+    // Capped at 1 GiB and 10 s: unbounded, the expansion needs far more of both.
+    let out = check_config(&path, 1024, Duration::from_secs(10));
+    assert_eq!(out.code, Some(1), "after {:?}: {}", out.took, out.stderr);
+    let file = path.display().to_string();
+    assert!(
+        out.stderr.contains(&format!("{file}:"))
+            && out.stderr.contains(": too many alias expansions"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
 fn help_and_version() {
     let help = std::process::Command::new(BIN)
         .arg("--help")

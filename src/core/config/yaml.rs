@@ -373,7 +373,7 @@ mod tests {
         let mut doc = String::from("a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
         for level in 1..10 {
             let prev = format!("*a{}", level - 1);
-            let items = vec![prev.as_str(); 9].join(", ");
+            let items = [prev.as_str(); 9].join(", ");
             doc.push_str(&format!("a{level}: &a{level} [{items}]\n"));
         }
         let err = parse(&doc).expect_err("billion laughs");
