@@ -56,9 +56,11 @@ fn build_upstreams(cx: &mut Cx<'_>, config: &Config) -> (Vec<Upstream>, Vec<Stri
                 names.push(name.to_string());
                 upstreams.push(u);
             }
-            Err((i, message)) => {
-                let mark = conf.peers.value.get(i).map_or(conf.peers.mark, |p| p.mark);
-                cx.error_at(&format!("upstreams.{name}.peers[{i}]"), mark, message);
+            Err(failed) => {
+                for (i, message) in failed {
+                    let mark = conf.peers.value.get(i).map_or(conf.peers.mark, |p| p.mark);
+                    cx.error_at(&format!("upstreams.{name}.peers[{i}]"), mark, message);
+                }
             }
         }
     }

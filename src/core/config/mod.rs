@@ -23,17 +23,53 @@ pub const MAX_FILE_BYTES: u64 = 16 << 20;
 
 /// Reads and checks a config file, substituting `${VAR}` from the process environment.
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+    read_file(path).into_result()
+}
+
+/// A config as far as it decoded, and every error found in it so far. Checks
+/// that need the decoded config (the tables' build: peer names, route paths)
+/// can still run on what did decode, so that one run lists every error.
+#[derive(Debug)]
+pub struct Loaded {
+    /// `None` when too little decoded to check further (a YAML error, a root
+    /// that is not a mapping, a required section that failed).
+    pub config: Option<Config>,
+    /// Unsorted; [`Loaded::into_result`] and [`sorted`] put them in file order.
+    pub errors: Vec<ConfigError>,
+}
+
+impl Loaded {
+    /// The config if it has no error, else every error in file order.
+    pub fn into_result(self) -> Result<Config, ConfigErrors> {
+        match self.config {
+            Some(config) if self.errors.is_empty() => Ok(config),
+            _ => Err(sorted(self.errors)),
+        }
+    }
+}
+
+/// Errors in file order (by line, then column; stable for equal positions).
+pub fn sorted(mut errors: Vec<ConfigError>) -> ConfigErrors {
+    errors.sort_by_key(|e| (e.line, e.col));
+    ConfigErrors(errors)
+}
+
+/// [`load_file`], keeping what decoded alongside the errors.
+pub fn read_file(path: &Path) -> Loaded {
     let file = path.display().to_string();
-    let source = read_bounded(path).map_err(|message| {
-        ConfigErrors(vec![ConfigError {
-            file: file.clone(),
-            line: 1,
-            col: 1,
-            path: String::new(),
-            message,
-        }])
-    })?;
-    load_str(&source, &file, &|name| std::env::var(name).ok())
+    match read_bounded(path) {
+        Ok(source) => read_str(&source, &file, &|name| std::env::var(name).ok()),
+        Err(message) => Loaded {
+            config: None,
+            errors: vec![ConfigError {
+                file,
+                line: 1,
+                col: 1,
+                path: String::new(),
+                message,
+            }],
+        },
+    }
 }
 
 /// The file's text, refused before reading when larger than [`MAX_FILE_BYTES`].
@@ -63,27 +99,34 @@ pub fn load_str(
     file: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigErrors> {
-    let root = yaml::parse(source).map_err(|e| {
-        ConfigErrors(vec![ConfigError {
-            file: file.to_string(),
-            line: e.mark.line,
-            col: e.mark.col,
-            path: String::new(),
-            message: e.message,
-        }])
-    })?;
+    read_str(source, file, env).into_result()
+}
+
+/// [`load_str`], keeping what decoded alongside the errors.
+pub fn read_str(source: &str, file: &str, env: &dyn Fn(&str) -> Option<String>) -> Loaded {
+    let root = match yaml::parse(source) {
+        Ok(root) => root,
+        Err(e) => {
+            return Loaded {
+                config: None,
+                errors: vec![ConfigError {
+                    file: file.to_string(),
+                    line: e.mark.line,
+                    col: e.mark.col,
+                    path: String::new(),
+                    message: e.message,
+                }],
+            }
+        }
+    };
     let mut cx = Cx::new(file, env);
     let config = Config::decode(&mut cx, &root);
     if let Some(config) = &config {
         validate(&mut cx, config);
     }
-    match config {
-        Some(config) if !cx.has_errors() => Ok(config),
-        _ => {
-            let mut errors = cx.into_errors();
-            errors.sort_by_key(|e| (e.line, e.col));
-            Err(ConfigErrors(errors))
-        }
+    Loaded {
+        config,
+        errors: cx.into_errors(),
     }
 }
 
