@@ -243,6 +243,7 @@ fn validate_routes(
     consumer_names: &HashSet<&str>,
 ) {
     let mut route_names = HashSet::new();
+    let upstream_names = UpstreamNames::new(upstreams);
     // A consumer that failed to decode may be the one a route names.
     let consumers_incomplete = config
         .consumers
@@ -280,7 +281,7 @@ fn validate_routes(
             ),
         }
         if let Some(up) = &route.upstream {
-            check_upstream_name(cx, &format!("{path}.upstream"), up, upstreams);
+            check_upstream_name(cx, &format!("{path}.upstream"), up, &upstream_names);
         }
         if let Some(parts) = &route.aggregate {
             for (part, p) in parts.value.iter() {
@@ -288,7 +289,7 @@ fn validate_routes(
                     cx,
                     &format!("{path}.aggregate.{part}.upstream"),
                     &p.upstream,
-                    upstreams,
+                    &upstream_names,
                 );
             }
         }
@@ -360,23 +361,52 @@ fn validate_store(cx: &mut Cx<'_>, config: &Config) {
     }
 }
 
-fn check_upstream_name(cx: &mut Cx<'_>, path: &str, name: &Spanned<String>, ups: &Table<Upstream>) {
+/// The upstreams routes may name, looked up in constant time, and listed once
+/// for messages (the first few: a message stays one readable line).
+struct UpstreamNames<'c> {
+    names: HashSet<&'c str>,
+    listed: String,
+}
+
+impl<'c> UpstreamNames<'c> {
+    const LISTED: usize = 20;
+
+    fn new(upstreams: &'c Table<Upstream>) -> Self {
+        let names: HashSet<&str> = upstreams.iter().map(|(n, _)| n).collect();
+        let mut listed: Vec<&str> = upstreams
+            .iter()
+            .map(|(n, _)| n)
+            .take(Self::LISTED)
+            .collect();
+        if upstreams.0.len() > Self::LISTED {
+            listed.push("...");
+        }
+        let listed = if listed.is_empty() {
+            "(none)".to_string()
+        } else {
+            listed.join(", ")
+        };
+        UpstreamNames { names, listed }
+    }
+}
+
+fn check_upstream_name(
+    cx: &mut Cx<'_>,
+    path: &str,
+    name: &Spanned<String>,
+    ups: &UpstreamNames<'_>,
+) {
     // An upstream that failed to decode was reported already.
     let failed = cx.has_errors_under(&format!("upstreams.{}", name.value))
-        || (ups.0.is_empty() && cx.has_errors_under("upstreams"));
-    if ups.get(&name.value).is_none() && !failed {
-        let known: Vec<&str> = ups.iter().map(|(n, _)| n).collect();
+        || (ups.names.is_empty() && cx.has_errors_under("upstreams"));
+    if !ups.names.contains(name.value.as_str()) && !failed {
         cx.error_at(
             path,
             name.mark,
             format!(
                 "unknown upstream {}; upstreams are: {}",
                 name.shown(),
-                if known.is_empty() {
-                    "(none)".to_string()
-                } else {
-                    known.join(", ")
-                }
+                ups.listed
             ),
         );
     }
