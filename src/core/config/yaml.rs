@@ -80,6 +80,12 @@ pub const MAX_DEPTH: usize = 64;
 /// hundred nodes at most.
 pub const MAX_ALIAS_NODES: usize = 100_000;
 
+/// The most nodes the anchors may hold copies of, all together. An anchored
+/// node is copied when it is defined (so that later aliases can copy it), and
+/// anchors nested in anchors copy the same nodes again: without a bound, 64
+/// nested anchors around a long list would hold 64 copies of it.
+pub const MAX_ANCHORED_NODES: usize = 1_000_000;
+
 /// Why a document could not become a tree, and where.
 #[derive(Debug, Clone)]
 pub struct SyntaxError {
@@ -145,6 +151,8 @@ struct TreeBuilder {
     anchors: HashMap<usize, (Node, usize)>,
     /// Nodes copied by aliases so far.
     copied: usize,
+    /// Nodes copied into `anchors` so far.
+    anchored: usize,
     root: Option<Node>,
     error: Option<SyntaxError>,
 }
@@ -152,6 +160,15 @@ struct TreeBuilder {
 impl TreeBuilder {
     fn push_value(&mut self, node: Node, anchor: usize, nodes: usize) {
         if anchor > 0 {
+            self.anchored = self.anchored.saturating_add(nodes);
+            if self.anchored > MAX_ANCHORED_NODES {
+                let message = format!(
+                    "too many alias expansions: anchors would hold copies of more than \
+                     {MAX_ANCHORED_NODES} nodes"
+                );
+                self.fail(node.mark, message);
+                return;
+            }
             self.anchors.insert(anchor, (node.clone(), nodes));
         }
         match self.stack.last_mut() {
@@ -382,6 +399,21 @@ mod tests {
             "{err:?}"
         );
         assert!(err.mark.line > 1 && err.mark.line <= 10, "{err:?}");
+    }
+
+    #[test]
+    fn nested_anchors_around_a_long_list_are_refused() {
+        // No alias at all: 64 nested anchors would each keep a copy of the list.
+        let list = format!("[{}]", vec!["x"; 20_000].join(", "));
+        let opens: String = (0..60).map(|i| format!("&a{i} [")).collect();
+        let doc = format!("a: {opens}{list}{}\n", "]".repeat(60));
+        let err = parse(&doc).expect_err("anchors holding too much");
+        assert!(
+            err.message.starts_with("too many alias expansions"),
+            "{err:?}"
+        );
+        // One anchor on the same list is fine.
+        parse(&format!("a: &a {list}\n")).expect("one copy");
     }
 
     #[test]
