@@ -6,7 +6,6 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{Parser, Subcommand};
-use portcullis::core::config;
 use portcullis::runtime::server::{self, ProcessFlags};
 use portcullis::tables::plan::{Plan, DEFAULT_ADMIN};
 use portcullis::tables::Gateway;
@@ -68,9 +67,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let file = path.display().to_string();
-    let checked = config::load_file(&path)
-        .and_then(|config| Gateway::build(&config, &file).map(|gw| (config, gw)));
-    let (config, gateway) = match checked {
+    let (config, gateway) = match Gateway::load_file(&path) {
         Ok(loaded) => loaded,
         Err(errors) => {
             eprintln!("{errors}");

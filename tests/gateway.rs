@@ -633,6 +633,73 @@ fn config_test_flag_lists_every_error_and_exits_1() {
 }
 
 #[test]
+fn config_test_lists_decoding_and_build_errors_together() {
+    // A bad listener port once stopped the check before peers were resolved,
+    // hiding the peer that does not resolve (`.invalid` never does).
+    let dir = temp_dir("every-error");
+    let path = dir.join("bad.yaml");
+    std::fs::write(
+        &path,
+        "listen:\n  - addr: 127.0.0.1:99999\nupstreams:\n  u:\n\
+         \x20   peers: [\"127.0.0.1:70000\", \"backend.invalid:80\"]\n\
+         routes:\n  - { name: r, path: /r, upstream: u }\n\
+         \x20 - { name: s, path: \"no-slash\", auth: none, respond: { status: 204 } }\n",
+    )
+    .expect("write");
+    let out = check_config(&path, 1024, Duration::from_secs(20));
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let file = path.display().to_string();
+    let expected = [
+        format!("{file}:2:11: listen[0].addr: expected an address"),
+        format!("{file}:5:13: upstreams.u.peers[0]: "),
+        format!("{file}:5:32: upstreams.u.peers[1]: "),
+        format!("{file}:8:22: routes[1].path: "),
+    ];
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), expected.len() + 1, "{}", out.stderr);
+    for (line, start) in lines.iter().zip(&expected) {
+        assert!(line.starts_with(start.as_str()), "{line:?} vs {start:?}");
+    }
+    assert!(lines[2].contains("backend.invalid"), "{}", lines[2]);
+    assert_eq!(lines[4], format!("{file}: 4 error(s)"));
+}
+
+#[test]
+fn config_test_refuses_deep_nesting_with_a_position() {
+    let dir = temp_dir("deep");
+    let path = dir.join("deep.yaml");
+    std::fs::write(&path, nested_mappings(5_000)).expect("write");
+    let out = check_config(&path, 1024, Duration::from_secs(10));
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let file = path.display().to_string();
+    // The root mapping is level 1: the 65th `a:` is one too many (marked at its `:`).
+    assert!(
+        out.stderr.contains(&format!(
+            "{file}:65:66: too deeply nested: more than 64 levels"
+        )),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn config_test_refuses_an_alias_bomb_quickly_and_in_little_memory() {
+    let dir = temp_dir("bomb");
+    let path = dir.join("bomb.yaml");
+    std::fs::write(&path, alias_bomb()).expect("write");
+    // Capped at 1 GiB and 10 s: unbounded, the expansion needs far more of both.
+    let out = check_config(&path, 1024, Duration::from_secs(10));
+    assert_eq!(out.code, Some(1), "after {:?}: {}", out.took, out.stderr);
+    let file = path.display().to_string();
+    assert!(
+        out.stderr.contains(&format!("{file}:"))
+            && out.stderr.contains(": too many alias expansions"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
 fn help_and_version() {
     let help = std::process::Command::new(BIN)
         .arg("--help")

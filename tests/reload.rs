@@ -255,3 +255,35 @@ fn an_aggregate_route_added_by_reload_fetches_its_parts() {
         "{merged}"
     );
 }
+
+#[test]
+fn a_deeply_nested_file_is_refused_by_reload_and_the_gateway_keeps_serving() {
+    // Thousands of levels once overflowed the reload thread's stack and aborted
+    // the process; now the loader refuses them at level 65, the same as `--test`.
+    let backend = Backend::echo();
+    let gw = Gateway::start(&config(&backend, ""));
+    gw.rewrite_config(&nested_mappings(3_000));
+    let resp = gw.post_reload();
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    let errors = resp.json()["errors"].clone();
+    let first = errors[0].as_str().unwrap_or_default();
+    assert!(
+        first.contains("gateway.yaml:65:") && first.contains("too deeply nested"),
+        "{errors}"
+    );
+    assert_eq!(gw.get_with_key("/users/1").status, 200, "old config serves");
+
+    gw.signal("-HUP");
+    eventually("the SIGHUP reload refused", || reloads(&gw, "error") == 2.0);
+    assert_eq!(gw.get_with_key("/users/1").status, 200, "still serving");
+
+    gw.rewrite_config(&alias_bomb());
+    let resp = gw.post_reload();
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    assert!(
+        resp.text().contains("too many alias expansions"),
+        "{}",
+        resp.text()
+    );
+    assert_eq!(gw.get_with_key("/users/1").status, 200, "still serving");
+}

@@ -43,13 +43,18 @@ pub struct DuplicateKey(pub String);
 pub struct KeyStore {
     by_hash: HashMap<KeyHash, ConsumerId>,
     names: Vec<String>,
+    /// Name to id, so that routes naming consumers build in linear time.
+    by_name: HashMap<String, ConsumerId>,
 }
 
 impl KeyStore {
     /// Adds a consumer and returns its id.
     pub fn add_consumer(&mut self, name: &str) -> ConsumerId {
+        let id = self.names.len();
         self.names.push(name.to_string());
-        self.names.len() - 1
+        // The first of two consumers with one name keeps it, as a scan would.
+        self.by_name.entry(name.to_string()).or_insert(id);
+        id
     }
 
     /// Gives `consumer` the key whose digest is `hash`.
@@ -73,7 +78,7 @@ impl KeyStore {
     }
 
     pub fn consumer_id(&self, name: &str) -> Option<ConsumerId> {
-        self.names.iter().position(|n| n == name)
+        self.by_name.get(name).copied()
     }
 }
 

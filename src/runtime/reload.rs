@@ -3,7 +3,7 @@
 //! in flight keep the tables they started with; an invalid file changes
 //! nothing. What only a restart can change is named in the log.
 
-use crate::core::config::{self, ConfigErrors};
+use crate::core::config::ConfigErrors;
 use crate::tables::plan::Plan;
 use crate::tables::Gateway;
 use crate::telemetry::metrics;
@@ -43,8 +43,7 @@ impl Reloader {
     pub fn reload(&self) -> Result<Reloaded, ConfigErrors> {
         let _one_at_a_time = self.serial.lock().unwrap_or_else(|p| p.into_inner());
         let file = self.path.display().to_string();
-        let compiled = config::load_file(&self.path)
-            .and_then(|config| Gateway::build(&config, &file).map(|gw| (config, gw)));
+        let compiled = Gateway::load_file(&self.path);
         let reloads = &metrics::families().config_reloads;
         let (config, mut gateway) = match compiled {
             Ok(compiled) => compiled,

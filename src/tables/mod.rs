@@ -19,6 +19,7 @@ use crate::telemetry::metrics::{RouteMetrics, UpstreamMetrics};
 use http::{HeaderName, Method};
 use ipnet::IpNet;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -168,11 +169,28 @@ impl Gateway {
         let mut cx = Cx::new(file, &no_env);
         let gateway = build::gateway(&mut cx, config);
         if cx.has_errors() {
-            let mut errors = cx.into_errors();
-            errors.sort_by_key(|e| (e.line, e.col));
-            return Err(ConfigErrors(errors));
+            return Err(config::sorted(cx.into_errors()));
         }
         Ok(gateway)
+    }
+
+    /// Reads, checks and builds a config file: the one path `--test`, start and
+    /// reload take, so they accept and refuse alike. A file with errors is still
+    /// built as far as it decoded, and the errors of both steps come together
+    /// in file order: a bad port does not hide a peer that does not resolve.
+    pub fn load_file(path: &Path) -> Result<(Config, Gateway), ConfigErrors> {
+        let file = path.display().to_string();
+        let loaded = config::read_file(path);
+        let Some(config) = loaded.config else {
+            return Err(config::sorted(loaded.errors));
+        };
+        let mut errors = loaded.errors;
+        match Gateway::build(&config, &file) {
+            Ok(gateway) if errors.is_empty() => return Ok((config, gateway)),
+            Ok(_) => {}
+            Err(built) => errors.extend(built.0),
+        }
+        Err(config::sorted(errors))
     }
 
     /// The certificate a TLS listener serves.

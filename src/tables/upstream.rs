@@ -100,23 +100,32 @@ impl std::fmt::Debug for Upstream {
 
 impl Upstream {
     /// Builds an upstream, resolving peer names now (never on the request path).
-    /// The error names the peer that failed and why.
-    pub fn build(name: &str, conf: &config::Upstream) -> Result<Upstream, (usize, String)> {
+    /// The errors name every peer that failed (its index) and why.
+    pub fn build(name: &str, conf: &config::Upstream) -> Result<Upstream, Vec<(usize, String)>> {
         let mut peers = Vec::with_capacity(conf.peers.value.len());
+        let mut failed = Vec::new();
         for (i, written) in conf.peers.value.iter().enumerate() {
-            let addr = resolve(&written.value, &written.shown()).map_err(|msg| (i, msg))?;
-            let host = HeaderValue::from_str(&addr.to_string()).map_err(|_| {
-                (
-                    i,
-                    "the peer's address is not a valid host header".to_string(),
-                )
-            })?;
+            let addr = match resolve(&written.value, &written.shown()) {
+                Ok(addr) => addr,
+                Err(message) => {
+                    failed.push((i, message));
+                    continue;
+                }
+            };
+            let Ok(host) = HeaderValue::from_str(&addr.to_string()) else {
+                let message = "the peer's address is not a valid host header";
+                failed.push((i, message.to_string()));
+                continue;
+            };
             peers.push(Peer {
                 label: written.value.clone(),
                 addr,
                 host,
                 active: AtomicUsize::new(0),
             });
+        }
+        if !failed.is_empty() {
+            return Err(failed);
         }
         let t = conf.timeouts.as_ref();
         let d = Timeouts::default();
@@ -301,7 +310,7 @@ impl Upstream {
 }
 
 /// A balancer over `backends`, its selection built now (static peers).
-fn balancer<S>(backends: Backends) -> Result<LoadBalancer<S>, (usize, String)>
+fn balancer<S>(backends: Backends) -> Result<LoadBalancer<S>, Vec<(usize, String)>>
 where
     S: BackendSelection + 'static,
     S::Iter: BackendIter,
@@ -309,11 +318,11 @@ where
     let lb = LoadBalancer::from_backends(backends);
     match lb.update().now_or_never() {
         Some(Ok(())) => Ok(lb),
-        Some(Err(e)) => Err((0, format!("cannot build the balancer: {e}"))),
-        None => Err((
+        Some(Err(e)) => Err(vec![(0, format!("cannot build the balancer: {e}"))]),
+        None => Err(vec![(
             0,
             "cannot build the balancer: discovery blocked".to_string(),
-        )),
+        )]),
     }
 }
 
@@ -476,9 +485,13 @@ mod tests {
     fn bad_peers_are_errors_not_panics() {
         let err = Upstream::build(
             "u",
-            &conf(&["127.0.0.1:1", "no-port"], config::Balance::Random),
+            &conf(
+                &["127.0.0.1:1", "no-port", "127.0.0.1:99999"],
+                config::Balance::Random,
+            ),
         )
         .expect_err("bad peer");
-        assert_eq!(err.0, 1);
+        let failed: Vec<usize> = err.iter().map(|(i, _)| *i).collect();
+        assert_eq!(failed, [1, 2], "every bad peer, not only the first");
     }
 }

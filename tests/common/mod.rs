@@ -43,6 +43,76 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     dir
 }
 
+/// What `portcullis --test -c FILE` did, run by [`check_config`].
+pub struct Checked {
+    /// The exit code; `None` when killed (by a signal, or for running too long).
+    pub code: Option<i32>,
+    pub stderr: String,
+    pub took: Duration,
+}
+
+/// Runs `portcullis --test -c path` with its address space capped at `memory_mib`
+/// (`ulimit -v`) and killed after `limit`: a loader that runs away then fails
+/// the test instead of taking the machine with it.
+pub fn check_config(path: &std::path::Path, memory_mib: u64, limit: Duration) -> Checked {
+    let err_path = path.with_extension("stderr");
+    let started = Instant::now();
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -v {} && exec \"$0\" --test -c \"$1\"",
+            memory_mib * 1024
+        ))
+        .arg(BIN)
+        .arg(path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err_path).expect("stderr file"))
+        .spawn()
+        .expect("run portcullis --test");
+    let code = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status.code();
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Checked {
+        code,
+        stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
+        took: started.elapsed(),
+    }
+}
+
+/// `levels` block mappings nested one in the other (`a:` under `a:`...), one
+/// space of indentation per level.
+pub fn nested_mappings(levels: usize) -> String {
+    let mut doc = String::new();
+    for level in 0..levels {
+        doc.push_str(&" ".repeat(level));
+        doc.push_str("a:\n");
+    }
+    doc.push_str(&" ".repeat(levels));
+    doc.push_str("b: 1\n");
+    doc
+}
+
+/// "Billion laughs": ten anchors, each a list of nine aliases to the one
+/// before; expanded, 9^10 scalars from a 540-byte file.
+pub fn alias_bomb() -> String {
+    let mut doc = String::from("a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+    for level in 1..10 {
+        let prev = format!("*a{}", level - 1);
+        let items = [prev.as_str(); 9].join(", ");
+        doc.push_str(&format!("a{level}: &a{level} [{items}]\n"));
+    }
+    doc
+}
+
 /// One request as a backend received it.
 #[derive(Debug, Clone, Default)]
 pub struct Received {

@@ -6,6 +6,7 @@
 
 use super::error::ConfigError;
 use super::yaml::{Mark, Node, NodeKind};
+use std::collections::HashSet;
 use std::time::Duration;
 
 /// One step of a field path: `.name` or `[index]`.
@@ -19,6 +20,10 @@ pub struct Cx<'a> {
     file: &'a str,
     path: Vec<Segment>,
     errors: Vec<ConfigError>,
+    /// Every field path with an error at or below it (`routes[2].rate_limit.per`
+    /// adds itself, `routes[2].rate_limit`, `routes[2]` and `routes`), so that
+    /// `has_errors_under` costs one lookup however many errors there are.
+    failed_paths: HashSet<String>,
     env: &'a dyn Fn(&str) -> Option<String>,
 }
 
@@ -28,6 +33,7 @@ impl<'a> Cx<'a> {
             file,
             path: Vec::new(),
             errors: Vec::new(),
+            failed_paths: HashSet::new(),
             env,
         }
     }
@@ -43,27 +49,25 @@ impl<'a> Cx<'a> {
     /// Whether an error was already reported at `path` or below it; checks after
     /// decoding use it to avoid follow-on errors about what failed to decode.
     pub fn has_errors_under(&self, path: &str) -> bool {
-        self.errors.iter().any(|e| {
-            e.path
-                .strip_prefix(path)
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
-        })
+        self.failed_paths.contains(path)
     }
 
     /// Records an error at `mark` for the current field path.
     pub fn error(&mut self, mark: Mark, message: impl Into<String>) {
         let path = self.path_string();
-        self.errors.push(ConfigError {
-            file: self.file.to_string(),
-            line: mark.line,
-            col: mark.col,
-            path,
-            message: message.into(),
-        });
+        self.error_at(&path, mark, message);
     }
 
     /// Records an error for a field given by its whole path (checks after decoding).
     pub fn error_at(&mut self, path: &str, mark: Mark, message: impl Into<String>) {
+        // The path and each field path above it: cut before every `.` and `[`.
+        let mut end = path.len();
+        while self.failed_paths.insert(path[..end].to_string()) {
+            match path[..end].rfind(['.', '[']) {
+                Some(cut) => end = cut,
+                None => break,
+            }
+        }
         self.errors.push(ConfigError {
             file: self.file.to_string(),
             line: mark.line,
@@ -120,7 +124,8 @@ impl<'a> Cx<'a> {
         };
         // Bad keys are reported and the known fields are still decoded, so that one
         // run lists every error.
-        for (i, (key, _)) in entries.iter().enumerate() {
+        let mut seen = HashSet::new();
+        for (key, _) in entries {
             let Some(name) = key.scalar_text() else {
                 self.error(key.mark, "a key must be a plain name");
                 continue;
@@ -132,10 +137,7 @@ impl<'a> Cx<'a> {
                         format!("unknown field, expected one of: {}", known.join(", ")),
                     )
                 });
-            } else if entries[..i]
-                .iter()
-                .any(|(k, _)| k.scalar_text() == Some(name))
-            {
+            } else if !seen.insert(name) {
                 self.at_key(name, |cx| cx.error(key.mark, "duplicate field"));
             }
         }
@@ -528,15 +530,13 @@ impl<T: Decode> Decode for Table<T> {
         };
         // A failed entry is reported and left out; the others are still checked.
         let mut out = Vec::with_capacity(entries.len());
-        for (i, (key, value)) in entries.iter().enumerate() {
+        let mut seen = HashSet::with_capacity(entries.len());
+        for (key, value) in entries {
             let Some(name) = key.scalar_text() else {
                 cx.error(key.mark, "a key must be a plain name");
                 continue;
             };
-            if entries[..i]
-                .iter()
-                .any(|(k, _)| k.scalar_text() == Some(name))
-            {
+            if !seen.insert(name) {
                 cx.at_key(name, |cx| cx.error(key.mark, "duplicate name"));
                 continue;
             }

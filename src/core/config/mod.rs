@@ -17,19 +17,80 @@ use http::Method;
 use std::collections::HashSet;
 use std::path::Path;
 
+/// The largest config file accepted. Loading costs memory in proportion to the
+/// file (the YAML tree, then the tables); 16 MiB holds well over 100,000 routes.
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
+
 /// Reads and checks a config file, substituting `${VAR}` from the process environment.
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+    read_file(path).into_result()
+}
+
+/// A config as far as it decoded, and every error found in it so far. Checks
+/// that need the decoded config (the tables' build: peer names, route paths)
+/// can still run on what did decode, so that one run lists every error.
+#[derive(Debug)]
+pub struct Loaded {
+    /// `None` when too little decoded to check further (a YAML error, a root
+    /// that is not a mapping, a required section that failed).
+    pub config: Option<Config>,
+    /// Unsorted; [`Loaded::into_result`] and [`sorted`] put them in file order.
+    pub errors: Vec<ConfigError>,
+}
+
+impl Loaded {
+    /// The config if it has no error, else every error in file order.
+    pub fn into_result(self) -> Result<Config, ConfigErrors> {
+        match self.config {
+            Some(config) if self.errors.is_empty() => Ok(config),
+            _ => Err(sorted(self.errors)),
+        }
+    }
+}
+
+/// Errors in file order (by line, then column; stable for equal positions).
+pub fn sorted(mut errors: Vec<ConfigError>) -> ConfigErrors {
+    errors.sort_by_key(|e| (e.line, e.col));
+    ConfigErrors(errors)
+}
+
+/// [`load_file`], keeping what decoded alongside the errors.
+pub fn read_file(path: &Path) -> Loaded {
     let file = path.display().to_string();
-    let source = std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors(vec![ConfigError {
-            file: file.clone(),
-            line: 1,
-            col: 1,
-            path: String::new(),
-            message: format!("cannot read the file: {e}"),
-        }])
-    })?;
-    load_str(&source, &file, &|name| std::env::var(name).ok())
+    match read_bounded(path) {
+        Ok(source) => read_str(&source, &file, &|name| std::env::var(name).ok()),
+        Err(message) => Loaded {
+            config: None,
+            errors: vec![ConfigError {
+                file,
+                line: 1,
+                col: 1,
+                path: String::new(),
+                message,
+            }],
+        },
+    }
+}
+
+/// The file's text, refused before reading when larger than [`MAX_FILE_BYTES`].
+fn read_bounded(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let cannot = |e: std::io::Error| format!("cannot read the file: {e}");
+    let too_large = || format!("the file is larger than {} MiB", MAX_FILE_BYTES >> 20);
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    if file.metadata().map_err(cannot)?.len() > MAX_FILE_BYTES {
+        return Err(too_large());
+    }
+    // The size is checked again while reading: the file may grow meanwhile, or
+    // not be a regular file at all (a pipe, /dev/zero).
+    let mut source = String::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_string(&mut source)
+        .map_err(cannot)?;
+    if source.len() as u64 > MAX_FILE_BYTES {
+        return Err(too_large());
+    }
+    Ok(source)
 }
 
 /// Parses, decodes and checks `source`; `file` names it in errors.
@@ -38,27 +99,34 @@ pub fn load_str(
     file: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigErrors> {
-    let root = yaml::parse(source).map_err(|e| {
-        ConfigErrors(vec![ConfigError {
-            file: file.to_string(),
-            line: e.mark.line,
-            col: e.mark.col,
-            path: String::new(),
-            message: format!("invalid YAML: {}", e.message),
-        }])
-    })?;
+    read_str(source, file, env).into_result()
+}
+
+/// [`load_str`], keeping what decoded alongside the errors.
+pub fn read_str(source: &str, file: &str, env: &dyn Fn(&str) -> Option<String>) -> Loaded {
+    let root = match yaml::parse(source) {
+        Ok(root) => root,
+        Err(e) => {
+            return Loaded {
+                config: None,
+                errors: vec![ConfigError {
+                    file: file.to_string(),
+                    line: e.mark.line,
+                    col: e.mark.col,
+                    path: String::new(),
+                    message: e.message,
+                }],
+            }
+        }
+    };
     let mut cx = Cx::new(file, env);
     let config = Config::decode(&mut cx, &root);
     if let Some(config) = &config {
         validate(&mut cx, config);
     }
-    match config {
-        Some(config) if !cx.has_errors() => Ok(config),
-        _ => {
-            let mut errors = cx.into_errors();
-            errors.sort_by_key(|e| (e.line, e.col));
-            Err(ConfigErrors(errors))
-        }
+    Loaded {
+        config,
+        errors: cx.into_errors(),
     }
 }
 
@@ -175,6 +243,7 @@ fn validate_routes(
     consumer_names: &HashSet<&str>,
 ) {
     let mut route_names = HashSet::new();
+    let upstream_names = UpstreamNames::new(upstreams);
     // A consumer that failed to decode may be the one a route names.
     let consumers_incomplete = config
         .consumers
@@ -212,7 +281,7 @@ fn validate_routes(
             ),
         }
         if let Some(up) = &route.upstream {
-            check_upstream_name(cx, &format!("{path}.upstream"), up, upstreams);
+            check_upstream_name(cx, &format!("{path}.upstream"), up, &upstream_names);
         }
         if let Some(parts) = &route.aggregate {
             for (part, p) in parts.value.iter() {
@@ -220,7 +289,7 @@ fn validate_routes(
                     cx,
                     &format!("{path}.aggregate.{part}.upstream"),
                     &p.upstream,
-                    upstreams,
+                    &upstream_names,
                 );
             }
         }
@@ -292,23 +361,52 @@ fn validate_store(cx: &mut Cx<'_>, config: &Config) {
     }
 }
 
-fn check_upstream_name(cx: &mut Cx<'_>, path: &str, name: &Spanned<String>, ups: &Table<Upstream>) {
+/// The upstreams routes may name, looked up in constant time, and listed once
+/// for messages (the first few: a message stays one readable line).
+struct UpstreamNames<'c> {
+    names: HashSet<&'c str>,
+    listed: String,
+}
+
+impl<'c> UpstreamNames<'c> {
+    const LISTED: usize = 20;
+
+    fn new(upstreams: &'c Table<Upstream>) -> Self {
+        let names: HashSet<&str> = upstreams.iter().map(|(n, _)| n).collect();
+        let mut listed: Vec<&str> = upstreams
+            .iter()
+            .map(|(n, _)| n)
+            .take(Self::LISTED)
+            .collect();
+        if upstreams.0.len() > Self::LISTED {
+            listed.push("...");
+        }
+        let listed = if listed.is_empty() {
+            "(none)".to_string()
+        } else {
+            listed.join(", ")
+        };
+        UpstreamNames { names, listed }
+    }
+}
+
+fn check_upstream_name(
+    cx: &mut Cx<'_>,
+    path: &str,
+    name: &Spanned<String>,
+    ups: &UpstreamNames<'_>,
+) {
     // An upstream that failed to decode was reported already.
     let failed = cx.has_errors_under(&format!("upstreams.{}", name.value))
-        || (ups.0.is_empty() && cx.has_errors_under("upstreams"));
-    if ups.get(&name.value).is_none() && !failed {
-        let known: Vec<&str> = ups.iter().map(|(n, _)| n).collect();
+        || (ups.names.is_empty() && cx.has_errors_under("upstreams"));
+    if !ups.names.contains(name.value.as_str()) && !failed {
         cx.error_at(
             path,
             name.mark,
             format!(
                 "unknown upstream {}; upstreams are: {}",
                 name.shown(),
-                if known.is_empty() {
-                    "(none)".to_string()
-                } else {
-                    known.join(", ")
-                }
+                ups.listed
             ),
         );
     }

@@ -960,3 +960,19 @@ upstreams:
   orders: { peers: [\"127.0.0.1:8002\"] }
 routes:
 ";
+
+#[test]
+fn a_file_over_the_size_bound_is_refused_before_it_is_parsed() {
+    let dir = std::env::temp_dir().join(format!("portcullis-size-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(FILE);
+    // Valid YAML all the way: only the size is wrong.
+    let line = "# a comment line that makes the file big, and nothing else\n";
+    let lines = (super::MAX_FILE_BYTES as usize / line.len()) + 1;
+    std::fs::write(&path, line.repeat(lines)).expect("write");
+    let mut errors = super::load_file(&path).expect_err("too large");
+    errors.0[0].file = FILE.to_string();
+    let _ = std::fs::remove_dir_all(&dir);
+    let e = single(&errors.0);
+    assert_error(e, 1, 1, "", "larger than 16 MiB");
+}

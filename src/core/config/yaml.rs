@@ -3,6 +3,7 @@
 //! serde_yaml stops at the first error and forgets positions; SPEC §3 wants every
 //! error listed with its line and column, so the config is decoded from this tree.
 
+use std::collections::HashMap;
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 
@@ -67,26 +68,59 @@ impl Node {
     }
 }
 
-/// A YAML syntax error with its position.
+/// The deepest nesting of mappings and lists a config may have. A real config
+/// is under ten levels deep; the bound keeps every recursive walk of the tree
+/// (drop, clone, comparison, decoding) to a few KiB of stack, even on a reload
+/// thread's small one.
+pub const MAX_DEPTH: usize = 64;
+
+/// The most nodes that alias expansion may copy into a document. Aliases are
+/// expanded by copying, so a few nested anchors ("billion laughs") would
+/// otherwise turn a small file into gigabytes; a real config copies a few
+/// hundred nodes at most.
+pub const MAX_ALIAS_NODES: usize = 100_000;
+
+/// The most nodes the anchors may hold copies of, all together. An anchored
+/// node is copied when it is defined (so that later aliases can copy it), and
+/// anchors nested in anchors copy the same nodes again: without a bound, 64
+/// nested anchors around a long list would hold 64 copies of it.
+pub const MAX_ANCHORED_NODES: usize = 1_000_000;
+
+/// Why a document could not become a tree, and where.
 #[derive(Debug, Clone)]
 pub struct SyntaxError {
     pub mark: Mark,
+    /// The whole message, e.g. `invalid YAML: ...` or `too deeply nested: ...`.
     pub message: String,
 }
 
 /// Parses the first document of `source`; an empty file is an empty mapping.
+/// Refuses nesting deeper than [`MAX_DEPTH`] and alias expansion beyond
+/// [`MAX_ALIAS_NODES`].
 pub fn parse(source: &str) -> Result<Node, SyntaxError> {
     let mut builder = TreeBuilder::default();
     let mut parser = Parser::new_from_str(source);
-    parser.load(&mut builder, false).map_err(|e| SyntaxError {
-        mark: Mark::from_marker(e.marker()),
-        message: e.info().to_string(),
-    })?;
-    if let Some(message) = builder.error {
-        return Err(SyntaxError {
-            mark: builder.error_mark,
-            message,
-        });
+    // The parser is driven one event at a time: its own `load` recurses once
+    // per nesting level and overflows a small stack before any receiver could
+    // refuse the depth. `next_token` keeps its state on the heap.
+    loop {
+        let (event, marker) = parser.next_token().map_err(|e| SyntaxError {
+            mark: Mark::from_marker(e.marker()),
+            // The scanner's own bound on flow nesting (`[[[...`, 255 levels)
+            // can come first, as it reads ahead; it is the same refusal.
+            message: match e.info() {
+                "recursion limit exceeded" => too_deep(),
+                info => format!("invalid YAML: {info}"),
+            },
+        })?;
+        // Only the first document counts, as before.
+        if matches!(event, Event::DocumentEnd | Event::StreamEnd) {
+            break;
+        }
+        builder.on_event(event, marker);
+        if let Some(error) = builder.error.take() {
+            return Err(error);
+        }
     }
     Ok(builder.root.unwrap_or(Node {
         kind: NodeKind::Map(Vec::new()),
@@ -94,22 +128,48 @@ pub fn parse(source: &str) -> Result<Node, SyntaxError> {
     }))
 }
 
+fn too_deep() -> String {
+    format!("too deeply nested: more than {MAX_DEPTH} levels of mappings and lists")
+}
+
+/// A mapping or list still open, with what it holds so far.
+struct Frame {
+    node: Node,
+    anchor: usize,
+    /// Nodes in this subtree, itself included (what an alias to it copies).
+    nodes: usize,
+}
+
 /// Builds the tree from parser events; anchors are resolved by copying the node.
 #[derive(Default)]
 struct TreeBuilder {
-    stack: Vec<(Node, usize)>,
+    stack: Vec<Frame>,
     /// A mapping key waiting for its value, per open mapping.
     pending_keys: Vec<Option<Node>>,
-    anchors: Vec<(usize, Node)>,
+    /// Anchored nodes by the parser's anchor id (unique per definition), with
+    /// their node counts.
+    anchors: HashMap<usize, (Node, usize)>,
+    /// Nodes copied by aliases so far.
+    copied: usize,
+    /// Nodes copied into `anchors` so far.
+    anchored: usize,
     root: Option<Node>,
-    error: Option<String>,
-    error_mark: Mark,
+    error: Option<SyntaxError>,
 }
 
 impl TreeBuilder {
-    fn push_value(&mut self, node: Node, anchor: usize) {
+    fn push_value(&mut self, node: Node, anchor: usize, nodes: usize) {
         if anchor > 0 {
-            self.anchors.push((anchor, node.clone()));
+            self.anchored = self.anchored.saturating_add(nodes);
+            if self.anchored > MAX_ANCHORED_NODES {
+                let message = format!(
+                    "too many alias expansions: anchors would hold copies of more than \
+                     {MAX_ANCHORED_NODES} nodes"
+                );
+                self.fail(node.mark, message);
+                return;
+            }
+            self.anchors.insert(anchor, (node.clone(), nodes));
         }
         match self.stack.last_mut() {
             None => {
@@ -117,38 +177,51 @@ impl TreeBuilder {
                     self.root = Some(node);
                 }
             }
-            Some((parent, _)) => match &mut parent.kind {
-                NodeKind::Seq(items) => items.push(node),
-                NodeKind::Map(entries) => {
-                    let slot = self
-                        .pending_keys
-                        .last_mut()
-                        .expect("a key slot per mapping");
-                    match slot.take() {
-                        None => *slot = Some(node),
-                        Some(key) => entries.push((key, node)),
+            Some(parent) => {
+                parent.nodes += nodes;
+                match &mut parent.node.kind {
+                    NodeKind::Seq(items) => items.push(node),
+                    NodeKind::Map(entries) => {
+                        let slot = self
+                            .pending_keys
+                            .last_mut()
+                            .expect("a key slot per mapping");
+                        match slot.take() {
+                            None => *slot = Some(node),
+                            Some(key) => entries.push((key, node)),
+                        }
+                    }
+                    NodeKind::Scalar { .. } => {
+                        unreachable!("scalars are never pushed on the stack")
                     }
                 }
-                NodeKind::Scalar { .. } => unreachable!("scalars are never pushed on the stack"),
-            },
+            }
         }
     }
 
     fn open(&mut self, kind: NodeKind, anchor: usize, mark: Marker) {
+        let mark = Mark::from_marker(&mark);
+        if self.stack.len() >= MAX_DEPTH {
+            self.fail(mark, too_deep());
+            return;
+        }
         if matches!(kind, NodeKind::Map(_)) {
             self.pending_keys.push(None);
         }
-        self.stack.push((
-            Node {
-                kind,
-                mark: Mark::from_marker(&mark),
-            },
+        self.stack.push(Frame {
+            node: Node { kind, mark },
             anchor,
-        ));
+            nodes: 1,
+        });
     }
 
     fn close(&mut self) {
-        if let Some((mut node, anchor)) = self.stack.pop() {
+        if let Some(Frame {
+            mut node,
+            anchor,
+            nodes,
+        }) = self.stack.pop()
+        {
             if let NodeKind::Map(entries) = &node.kind {
                 self.pending_keys.pop();
                 // yaml-rust2 marks a block mapping at its first `:`; its first key
@@ -160,7 +233,37 @@ impl TreeBuilder {
                     }
                 }
             }
-            self.push_value(node, anchor);
+            self.push_value(node, anchor, nodes);
+        }
+    }
+
+    fn alias(&mut self, id: usize, mark: Marker) {
+        let mark = Mark::from_marker(&mark);
+        let Some((node, nodes)) = self.anchors.get(&id) else {
+            self.fail(mark, "invalid YAML: alias to an unknown anchor".to_string());
+            return;
+        };
+        let nodes = *nodes;
+        // Counted before copying: the copy itself is what must not happen.
+        self.copied = self.copied.saturating_add(nodes);
+        if self.copied > MAX_ALIAS_NODES {
+            self.fail(
+                mark,
+                format!(
+                    "too many alias expansions: aliases would copy more than \
+                     {MAX_ALIAS_NODES} nodes"
+                ),
+            );
+            return;
+        }
+        let mut node = node.clone();
+        node.mark = mark;
+        self.push_value(node, 0, nodes);
+    }
+
+    fn fail(&mut self, mark: Mark, message: String) {
+        if self.error.is_none() {
+            self.error = Some(SyntaxError { mark, message });
         }
     }
 }
@@ -176,23 +279,12 @@ impl MarkedEventReceiver for TreeBuilder {
                     },
                     mark: Mark::from_marker(&mark),
                 };
-                self.push_value(node, anchor);
+                self.push_value(node, anchor, 1);
             }
             Event::SequenceStart(anchor, _) => self.open(NodeKind::Seq(Vec::new()), anchor, mark),
             Event::MappingStart(anchor, _) => self.open(NodeKind::Map(Vec::new()), anchor, mark),
             Event::SequenceEnd | Event::MappingEnd => self.close(),
-            Event::Alias(id) => match self.anchors.iter().rev().find(|(a, _)| *a == id) {
-                Some((_, node)) => {
-                    let mut node = node.clone();
-                    node.mark = Mark::from_marker(&mark);
-                    self.push_value(node, 0);
-                }
-                None if self.error.is_none() => {
-                    self.error = Some("alias to an unknown anchor".to_string());
-                    self.error_mark = Mark::from_marker(&mark);
-                }
-                None => {}
-            },
+            Event::Alias(id) => self.alias(id, mark),
             _ => {}
         }
     }
@@ -239,5 +331,96 @@ mod tests {
             panic!("expected a map")
         };
         assert!(matches!(entries[1].1.kind, NodeKind::Map(ref m) if m.len() == 1));
+    }
+    /// `levels` block mappings, one inside the other, one space of indent each.
+    pub(crate) fn nested_block_mappings(levels: usize) -> String {
+        let mut doc = String::new();
+        for level in 0..levels {
+            doc.push_str(&" ".repeat(level));
+            doc.push_str("a:\n");
+        }
+        doc.push_str(&" ".repeat(levels));
+        doc.push_str("b: 1\n");
+        doc
+    }
+
+    /// Runs `f` on a thread with a small stack, as a reload runs on one.
+    fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(f)
+            .expect("spawn")
+            .join()
+            .expect("no stack overflow")
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_with_a_position_on_a_small_stack() {
+        let err = on_small_stack(|| parse(&nested_block_mappings(5_000)).expect_err("too deep"));
+        assert!(err.message.starts_with("too deeply nested"), "{err:?}");
+        assert_eq!(err.mark.line, MAX_DEPTH + 1, "at the first level too many");
+
+        // Flow style nests without indentation: 100,000 levels in 200 KB.
+        let flow = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let err = on_small_stack(move || parse(&flow).expect_err("too deep"));
+        assert!(err.message.starts_with("too deeply nested"), "{err:?}");
+        assert_eq!(err.mark.line, 1, "{err:?}");
+    }
+
+    #[test]
+    fn the_deepest_accepted_tree_is_walked_safely_on_a_small_stack() {
+        // The root mapping is level 1, the innermost `a:` mapping holding `b` is MAX_DEPTH.
+        let doc = nested_block_mappings(MAX_DEPTH - 1);
+        on_small_stack(move || {
+            let tree = parse(&doc).expect("deep but within the bound");
+            let copy = tree.clone();
+            assert_eq!(copy, tree);
+            drop(copy);
+            // Decoding reports the unknown field and goes no deeper.
+            let errors = crate::core::config::load_str(&doc, "deep.yaml", &|_| None)
+                .expect_err("not a config");
+            assert!(errors.0.iter().any(|e| e.message.contains("unknown field")));
+        });
+        let err = parse(&nested_block_mappings(MAX_DEPTH)).expect_err("one level too deep");
+        assert!(err.message.starts_with("too deeply nested"), "{err:?}");
+    }
+
+    #[test]
+    fn an_alias_bomb_is_refused_before_it_expands() {
+        let mut doc = String::from("a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        for level in 1..10 {
+            let prev = format!("*a{}", level - 1);
+            let items = [prev.as_str(); 9].join(", ");
+            doc.push_str(&format!("a{level}: &a{level} [{items}]\n"));
+        }
+        let err = parse(&doc).expect_err("billion laughs");
+        assert!(
+            err.message.starts_with("too many alias expansions"),
+            "{err:?}"
+        );
+        assert!(err.mark.line > 1 && err.mark.line <= 10, "{err:?}");
+    }
+
+    #[test]
+    fn nested_anchors_around_a_long_list_are_refused() {
+        // No alias at all: 64 nested anchors would each keep a copy of the list.
+        let list = format!("[{}]", vec!["x"; 20_000].join(", "));
+        let opens: String = (0..60).map(|i| format!("&a{i} [")).collect();
+        let doc = format!("a: {opens}{list}{}\n", "]".repeat(60));
+        let err = parse(&doc).expect_err("anchors holding too much");
+        assert!(
+            err.message.starts_with("too many alias expansions"),
+            "{err:?}"
+        );
+        // One anchor on the same list is fine.
+        parse(&format!("a: &a {list}\n")).expect("one copy");
+    }
+
+    #[test]
+    fn an_alias_to_an_unknown_or_open_anchor_is_an_error() {
+        let err = parse("a: *nowhere\n").expect_err("unknown anchor");
+        assert!(err.message.starts_with("invalid YAML"), "{err:?}");
+        let err = parse("a: &x [*x]\n").expect_err("an anchor inside itself");
+        assert!(err.message.starts_with("invalid YAML"), "{err:?}");
     }
 }
