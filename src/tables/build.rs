@@ -261,7 +261,7 @@ fn load_certificates(cx: &mut Cx<'_>, config: &Config) -> Vec<(SocketAddr, Arc<C
     for (i, listener) in config.listen.value.iter() {
         let Some(tls) = &listener.tls else { continue };
         match CertifiedKey::load(&tls.value.cert, &tls.value.key) {
-            Ok(cert) => loaded.push((listener.addr, Arc::new(cert))),
+            Ok(cert) => loaded.push((listener.addr.value, Arc::new(cert))),
             Err(LoadError::Cert(message)) => {
                 cx.error_at(&format!("listen[{i}].tls.cert"), tls.mark, message)
             }

@@ -47,17 +47,22 @@ impl Plan {
         let admin = config
             .admin
             .as_ref()
-            .map(|a| a.addr)
+            .map(|a| a.addr.value)
             .or_else(|| DEFAULT_ADMIN.parse().ok())
             .unwrap_or_else(|| SocketAddr::from((Ipv4Addr::LOCALHOST, 9100)));
         Plan {
-            listen: config.listen.value.iter().map(|(_, l)| l.addr).collect(),
+            listen: config
+                .listen
+                .value
+                .iter()
+                .map(|(_, l)| l.addr.value)
+                .collect(),
             tls_listen: config
                 .listen
                 .value
                 .iter()
                 .filter(|(_, l)| l.tls.is_some())
-                .map(|(_, l)| l.addr)
+                .map(|(_, l)| l.addr.value)
                 .collect(),
             admin,
             threads: config

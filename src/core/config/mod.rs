@@ -15,6 +15,7 @@ pub use types::HeaderList;
 use decode::Decode;
 use http::Method;
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::path::Path;
 
 /// The largest config file accepted. Loading costs memory in proportion to the
@@ -143,11 +144,44 @@ fn validate(cx: &mut Cx<'_>, config: &Config) {
     if let Some(threads) = config.threads.as_ref().filter(|t| t.value == 0) {
         cx.error_at("threads", threads.mark, "must be at least 1");
     }
+    validate_addresses(cx, config);
     let upstreams = config.upstreams.clone().unwrap_or_default();
     validate_upstreams(cx, &upstreams);
     let consumer_names = validate_consumers(cx, config);
     validate_routes(cx, config, &upstreams, &consumer_names);
     validate_store(cx, config);
+}
+
+/// `listen` and `admin`: each address once. Two listeners on one address would
+/// both bind (requests then alternate between two services), and an admin
+/// listener there would serve the public its metrics and `POST /reload`.
+fn validate_addresses(cx: &mut Cx<'_>, config: &Config) {
+    // One port on a wildcard address (0.0.0.0, ::) takes every address's.
+    let overlap = |a: &SocketAddr, b: &SocketAddr| {
+        a.port() == b.port()
+            && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+    };
+    let mut seen: Vec<(usize, SocketAddr)> = Vec::new();
+    for (i, listener) in config.listen.value.iter() {
+        let addr = &listener.addr;
+        if let Some((first, _)) = seen.iter().find(|(_, s)| overlap(s, &addr.value)) {
+            let message = format!(
+                "{} overlaps listen[{first}]: each listener needs its own address",
+                addr.shown()
+            );
+            cx.error_at(&format!("listen[{i}].addr"), addr.mark, message);
+        }
+        seen.push((i, addr.value));
+    }
+    if let Some(admin) = &config.admin {
+        if let Some((i, _)) = seen.iter().find(|(_, s)| overlap(s, &admin.addr.value)) {
+            let message = format!(
+                "{} overlaps listen[{i}]: the admin listener needs an address of its own",
+                admin.addr.shown()
+            );
+            cx.error_at("admin.addr", admin.addr.mark, message);
+        }
+    }
 }
 
 /// `upstreams:`: peers, health checks.

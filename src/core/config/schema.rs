@@ -42,7 +42,7 @@ decode_struct!(Config {
 
 #[derive(Debug, Clone)]
 pub struct Listener {
-    pub addr: SocketAddr,
+    pub addr: Spanned<SocketAddr>,
     pub tls: Option<Spanned<ListenerTls>>,
 }
 decode_struct!(Listener { addr, tls });
@@ -56,7 +56,7 @@ decode_struct!(ListenerTls { cert, key });
 
 #[derive(Debug, Clone)]
 pub struct Admin {
-    pub addr: SocketAddr,
+    pub addr: Spanned<SocketAddr>,
 }
 decode_struct!(Admin { addr });
 

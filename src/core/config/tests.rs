@@ -976,3 +976,47 @@ fn a_file_over_the_size_bound_is_refused_before_it_is_parsed() {
     let e = single(&errors.0);
     assert_error(e, 1, 1, "", "larger than 16 MiB");
 }
+
+#[test]
+fn a_listen_address_twice_or_under_a_wildcard_is_an_error() {
+    let src = "\
+listen:
+  - addr: 127.0.0.1:8000
+  - addr: 127.0.0.1:8000
+  - addr: 0.0.0.0:8443
+  - addr: 127.0.0.1:8443
+routes: []
+";
+    let errors = load_errors(src);
+    assert_eq!(errors.len(), 2, "{}", render(&errors));
+    assert_error(
+        &errors[0],
+        3,
+        11,
+        "listen[1].addr",
+        "overlaps listen[0]: each listener needs its own address",
+    );
+    assert_error(&errors[1], 5, 11, "listen[3].addr", "overlaps listen[2]");
+}
+
+#[test]
+fn the_admin_listener_cannot_share_a_listen_address() {
+    let src = "\
+listen:
+  - addr: 0.0.0.0:8000
+admin:
+  addr: 127.0.0.1:8000
+routes: []
+";
+    let errors = load_errors(src);
+    assert_error(
+        single(&errors),
+        4,
+        9,
+        "admin.addr",
+        "overlaps listen[0]: the admin listener needs an address of its own",
+    );
+    // Another port is fine.
+    let fine = "listen:\n  - addr: 0.0.0.0:8000\nadmin:\n  addr: 127.0.0.1:9100\nroutes: []\n";
+    assert!(load_str(fine, FILE, &fake_env).is_ok());
+}
