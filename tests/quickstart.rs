@@ -1,0 +1,109 @@
+//! The README's quick start, run as written: every `curl` line of its command
+//! block against `portcullis demo` (on free ports instead of 8000, 8001 and
+//! 9100), each answer's status checked against the one its comment names.
+
+mod common;
+
+use common::*;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `curl` lines of the quick start's `sh` block, each with the status its
+/// comment (on the line, or the comment line after it) names, if any.
+fn quickstart_commands() -> Vec<(String, Option<u16>)> {
+    let readme = include_str!("../README.md");
+    let section = readme
+        .split("## Quick start")
+        .nth(1)
+        .and_then(|s| s.split("```sh").nth(1))
+        .and_then(|s| s.split("```").next())
+        .expect("a quick start with an sh block");
+    let lines: Vec<&str> = section.lines().collect();
+    let status_in = |comment: &str| {
+        comment
+            .split(|c: char| !c.is_ascii_digit())
+            .find(|w| w.len() == 3)
+            .and_then(|w| w.parse::<u16>().ok())
+    };
+    let mut commands = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if !line.starts_with("curl ") {
+            continue;
+        }
+        let (command, comment) = match line.split_once(" #") {
+            Some((c, comment)) => (c.trim().to_string(), Some(comment)),
+            None => (line.trim().to_string(), None),
+        };
+        let next_comment = lines.get(i + 1).and_then(|l| l.strip_prefix('#'));
+        let expected = comment
+            .and_then(status_in)
+            .or_else(|| next_comment.and_then(status_in));
+        commands.push((command, expected));
+    }
+    commands
+}
+
+fn start_demo(listen: &str, admin: &str, log: &std::path::Path) -> Child {
+    Command::new(BIN)
+        .args(["demo", "--listen", listen, "--admin", admin])
+        .stdout(std::fs::File::create(log).expect("log file"))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the demo")
+}
+
+#[test]
+fn the_readme_quick_start_works_as_written() {
+    let commands = quickstart_commands();
+    assert!(commands.len() >= 7, "{commands:?}");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let dir = temp_dir("quickstart");
+    let mut demo = start_demo(&listen, &admin, &dir.join("out"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let printed = loop {
+        let out = std::fs::read_to_string(dir.join("out")).unwrap_or_default();
+        let probe = b"GET /readyz HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n";
+        let ready = send_raw(admin.parse().expect("addr"), probe).is_ok_and(|r| r.status == 200);
+        if ready && out.contains("user service") {
+            break out;
+        }
+        assert!(Instant::now() < deadline, "demo not ready: {out}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let users = printed
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("user service"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|url| url.strip_prefix("http://"))
+        .expect("the user service's address is printed")
+        .to_string();
+    for (command, expected) in commands {
+        let run = command
+            .replace("localhost:8000", &listen)
+            .replace("localhost:8001", &users)
+            .replace("localhost:9100", &admin);
+        let out = Command::new("bash")
+            .args(["-c", &run])
+            .output()
+            .expect("run the command");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{command}: {:?}\n{stdout}",
+            out.status
+        );
+        if let Some(status) = expected {
+            let line = stdout.lines().next().unwrap_or_default();
+            if line.starts_with("HTTP/") {
+                assert!(
+                    line.contains(&format!(" {status}")),
+                    "{command}: expected {status}, got {line}"
+                );
+            }
+        }
+    }
+    let _ = demo.kill();
+    let _ = demo.wait();
+}
