@@ -86,6 +86,17 @@ pub const MAX_ALIAS_NODES: usize = 100_000;
 /// nested anchors around a long list would hold 64 copies of it.
 pub const MAX_ANCHORED_NODES: usize = 1_000_000;
 
+/// How many nodes a scalar counts as in the bounds above: one, plus one for
+/// every [`TEXT_PER_NODE`] bytes of its text, so that a long text aliased many
+/// times is bounded by what it copies, not by its count of one node.
+fn scalar_weight(text: &str) -> usize {
+    1 + text.len() / TEXT_PER_NODE
+}
+
+/// The bytes of scalar text that count as one node (see [`scalar_weight`]):
+/// aliases may then copy at most about 6 MB of text in all.
+const TEXT_PER_NODE: usize = 64;
+
 /// Why a document could not become a tree, and where.
 #[derive(Debug, Clone)]
 pub struct SyntaxError {
@@ -272,6 +283,7 @@ impl MarkedEventReceiver for TreeBuilder {
     fn on_event(&mut self, ev: Event, mark: Marker) {
         match ev {
             Event::Scalar(text, style, anchor, _tag) => {
+                let weight = scalar_weight(&text);
                 let node = Node {
                     kind: NodeKind::Scalar {
                         text,
@@ -279,7 +291,7 @@ impl MarkedEventReceiver for TreeBuilder {
                     },
                     mark: Mark::from_marker(&mark),
                 };
-                self.push_value(node, anchor, 1);
+                self.push_value(node, anchor, weight);
             }
             Event::SequenceStart(anchor, _) => self.open(NodeKind::Seq(Vec::new()), anchor, mark),
             Event::MappingStart(anchor, _) => self.open(NodeKind::Map(Vec::new()), anchor, mark),
@@ -399,6 +411,20 @@ mod tests {
             "{err:?}"
         );
         assert!(err.mark.line > 1 && err.mark.line <= 10, "{err:?}");
+    }
+
+    #[test]
+    fn a_long_text_aliased_many_times_is_bounded_by_what_it_copies() {
+        // 1 MiB of text, aliased 10 times: 10 MiB copied from a 1 MiB file.
+        let text = "x".repeat(1 << 20);
+        let aliases = ["*t"; 10].join(", ");
+        let err = parse(&format!("t: &t {text}\nl: [{aliases}]\n")).expect_err("10 MiB of copies");
+        assert!(
+            err.message.starts_with("too many alias expansions"),
+            "{err:?}"
+        );
+        // A short text aliased as often is an ordinary config.
+        parse(&format!("t: &t short\nl: [{aliases}]\n")).expect("small copies");
     }
 
     #[test]
