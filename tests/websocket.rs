@@ -11,11 +11,14 @@ use std::time::Duration;
 const CLIENT_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
 fn ws_gateway(ws: &WsEcho, route_extra: &str) -> Gateway {
-    // A short upstream read timeout: an idle WebSocket must outlive it.
+    // A short upstream read timeout and body read timeout: an idle WebSocket
+    // must outlive both (only the upstream's idle timeout cuts a tunnel).
     let upstream = format!(
         "    timeouts: {{ read: 300ms }}\n    headers: {{ x-gateway-secret: \"{SECRET}\" }}\n"
     );
-    Gateway::start(&one_route_config(&[ws.addr], &upstream, route_extra))
+    let config = one_route_config(&[ws.addr], &upstream, route_extra)
+        + "limits: { body_read_timeout: 500ms }\n";
+    Gateway::start(&config)
 }
 
 /// Sends the upgrade request; returns the status, headers and the open stream.
@@ -70,7 +73,8 @@ fn frames_flow_both_ways_through_an_upgrade_and_idle_is_not_cut() {
         let (opcode, payload) = read_frame(&mut reader).expect("echo");
         assert_eq!((opcode, payload.as_slice()), (1, text.as_bytes()));
     }
-    // Idle for longer than the upstream read timeout (300 ms): still open.
+    // Idle for longer than the upstream read timeout (300 ms) and the body
+    // read timeout (500 ms): still open.
     std::thread::sleep(Duration::from_millis(1200));
     write_frame(&mut writer, 2, &[0, 1, 2, 255], Some([9, 9, 9, 9])).expect("send");
     assert_eq!(read_frame(&mut reader), Some((2, vec![0, 1, 2, 255])));

@@ -73,12 +73,18 @@ impl ProxyHttp for Portcullis {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         // Our own judgement of an upgrade, not `session.is_upgrade_req()`
         // (`upgrade` alone): the one `upstream_request_filter` forwards by.
-        upstream::next_peer(ctx)
+        let peer = upstream::next_peer(ctx)?;
+        if ctx.upgrade {
+            // A tunnel idles as long on the client's side as on the upstream's,
+            // not `body_read_timeout`, which is for request bodies.
+            session.set_read_timeout(peer.options.read_timeout);
+        }
+        Ok(peer)
     }
 
     fn fail_to_connect(
