@@ -64,6 +64,31 @@ fn a_missing_or_invalid_traceparent_starts_a_trace() {
 }
 
 #[test]
+fn two_traceparents_are_invalid_and_start_a_trace() {
+    let backend = Backend::echo();
+    let gw = Gateway::start(&one_route_config(&[backend.addr], "", ""));
+    let other = "00-11111111111111111111111111111111-2222222222222222-01";
+    let resp = gw.get(
+        "/x",
+        &[
+            ("x-api-key", KEY),
+            ("traceparent", VALID),
+            ("traceparent", other),
+        ],
+    );
+    assert_eq!(resp.status, 200);
+    let sent = backend.last();
+    let traceparent = sent.header("traceparent").expect("one traceparent");
+    assert_ne!(traceparent, VALID);
+    assert_ne!(traceparent, other);
+    let id = resp.header("x-request-id").expect("id");
+    assert_eq!(
+        logged_trace_id(&gw, id),
+        traceparent.split('-').nth(1).expect("id")
+    );
+}
+
+#[test]
 fn aggregate_parts_carry_the_trace() {
     let backend = Backend::echo();
     let config = format!(

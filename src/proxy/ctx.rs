@@ -154,7 +154,12 @@ impl RequestCtx {
             }
             _ => forward::new_request_id(),
         };
-        let traceparent = req.headers.get(&TRACEPARENT).map(|v| v.as_bytes());
+        // Two `traceparent`s are invalid (W3C): a trace is started instead.
+        let mut traceparents = req.headers.get_all(&TRACEPARENT).iter();
+        let traceparent = match (traceparents.next(), traceparents.next()) {
+            (Some(one), None) => Some(one.as_bytes()),
+            _ => None,
+        };
         self.trace = Some(Trace::of(traceparent));
         if let Some(peer) = session
             .client_addr()

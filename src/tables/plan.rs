@@ -5,8 +5,7 @@ use crate::core::config::{Config, LogFormat};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-/// Where the admin listener goes when the config names none.
-pub const DEFAULT_ADMIN: &str = "127.0.0.1:9100";
+pub use crate::core::config::DEFAULT_ADMIN;
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// What the gateway listens on and how it is run, from the config.

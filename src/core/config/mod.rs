@@ -152,6 +152,9 @@ fn validate(cx: &mut Cx<'_>, config: &Config) {
     validate_store(cx, config);
 }
 
+/// Where the admin listener goes when the config names none.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9100";
+
 /// `listen` and `admin`: each address once. Two listeners on one address would
 /// both bind (requests then alternate between two services), and an admin
 /// listener there would serve the public its metrics and `POST /reload`.
@@ -173,13 +176,30 @@ fn validate_addresses(cx: &mut Cx<'_>, config: &Config) {
         }
         seen.push((i, addr.value));
     }
-    if let Some(admin) = &config.admin {
-        if let Some((i, _)) = seen.iter().find(|(_, s)| overlap(s, &admin.addr.value)) {
-            let message = format!(
-                "{} overlaps listen[{i}]: the admin listener needs an address of its own",
-                admin.addr.shown()
-            );
-            cx.error_at("admin.addr", admin.addr.mark, message);
+    match &config.admin {
+        Some(admin) => {
+            if let Some((i, _)) = seen.iter().find(|(_, s)| overlap(s, &admin.addr.value)) {
+                let message = format!(
+                    "{} overlaps listen[{i}]: the admin listener needs an address of its own",
+                    admin.addr.shown()
+                );
+                cx.error_at("admin.addr", admin.addr.mark, message);
+            }
+        }
+        None => {
+            let Ok(default) = DEFAULT_ADMIN.parse::<SocketAddr>() else {
+                return;
+            };
+            for (i, listener) in config.listen.value.iter() {
+                if overlap(&listener.addr.value, &default) {
+                    let message = format!(
+                        "{} overlaps the admin listener's default address {DEFAULT_ADMIN}: \
+                         set `admin.addr` to another one",
+                        listener.addr.shown()
+                    );
+                    cx.error_at(&format!("listen[{i}].addr"), listener.addr.mark, message);
+                }
+            }
         }
     }
 }

@@ -1019,4 +1019,13 @@ routes: []
     // Another port is fine.
     let fine = "listen:\n  - addr: 0.0.0.0:8000\nadmin:\n  addr: 127.0.0.1:9100\nroutes: []\n";
     assert!(load_str(fine, FILE, &fake_env).is_ok());
+    // Without `admin`, the default admin address counts.
+    let errors = load_errors("listen:\n  - addr: 0.0.0.0:9100\nroutes: []\n");
+    assert_error(
+        single(&errors),
+        2,
+        11,
+        "listen[0].addr",
+        "overlaps the admin listener's default address 127.0.0.1:9100",
+    );
 }
