@@ -122,7 +122,20 @@ pub fn is_valid_request_id(id: &[u8]) -> bool {
 
 /// A new random request id: 32 hex digits.
 pub fn new_request_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
+    let mut id = String::with_capacity(32);
+    push_hex(&mut id, rand::random::<u128>(), 32);
+    id
+}
+
+/// Appends the low `digits` hex digits of `value`, zero-padded, lowercase:
+/// what `format!("{:032x}")` gives, without the formatting machinery on the
+/// request path (ids and trace context are made for every request).
+pub fn push_hex(out: &mut String, value: u128, digits: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for i in (0..digits).rev() {
+        let nibble = ((value >> (i * 4)) & 0xf) as usize;
+        out.push(HEX[nibble] as char);
+    }
 }
 
 /// Header names listed in a `connection` header, which are hop-by-hop too.
@@ -808,6 +821,15 @@ mod tests {
         assert!(!is_valid_request_id(b"a\r\nx: y"));
         let id = new_request_id();
         assert!(is_valid_request_id(id.as_bytes()));
+        assert_eq!(id.len(), 32);
+        for value in [0u128, 1, 0xabc, u128::MAX, 0x0123_4567_89ab_cdef_u128 << 64] {
+            let mut hex = String::new();
+            push_hex(&mut hex, value, 32);
+            assert_eq!(hex, format!("{value:032x}"));
+        }
+        let mut short = String::new();
+        push_hex(&mut short, 0x1_0000_0000_0000_00ff, 16);
+        assert_eq!(short, "00000000000000ff");
         assert_ne!(id, new_request_id());
     }
 }

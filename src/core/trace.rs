@@ -3,7 +3,7 @@
 //! point is that the gateway's access-log line (`trace_id`) and the backends'
 //! own spans join one trace in Tempo, Jaeger or Loki.
 
-use std::fmt::Write as _;
+use crate::core::forward::push_hex;
 
 /// A request's trace: the `traceparent` it goes upstream with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,7 +33,11 @@ impl Trace {
         let mut traceparent = String::with_capacity(55);
         let trace_id = rand::random::<u128>().max(1);
         let parent_id = rand::random::<u64>().max(1);
-        let _ = write!(traceparent, "00-{trace_id:032x}-{parent_id:016x}-01");
+        traceparent.push_str("00-");
+        push_hex(&mut traceparent, trace_id, 32);
+        traceparent.push('-');
+        push_hex(&mut traceparent, u128::from(parent_id), 16);
+        traceparent.push_str("-01");
         Trace {
             traceparent,
             started: true,
