@@ -213,6 +213,12 @@ pub struct HeaderRules {
 }
 
 impl HeaderRules {
+    /// No rules: a route without `request_headers` or `response_headers`.
+    pub const NONE: &'static HeaderRules = &HeaderRules {
+        set: Vec::new(),
+        remove: Vec::new(),
+    };
+
     pub fn apply<H: HeaderEdit>(&self, head: &mut H) -> Result<(), H::Error> {
         for name in &self.remove {
             head.remove(name);
@@ -256,8 +262,6 @@ pub struct Destination<'a> {
 pub enum Host<'a> {
     /// The client's own (`preserve_host`).
     Keep,
-    /// A name still to be checked as a header value (the upstream's TLS name).
-    Name(&'a str),
     /// A value made at load (the peer's `host:port`).
     Value(&'a HeaderValue),
 }
@@ -329,7 +333,6 @@ pub fn rewrite_upstream_request<H: HeaderEdit>(
     }
     match destination.host {
         Host::Keep => {}
-        Host::Name(name) => req.insert_str(HOST, name)?,
         Host::Value(value) => req.insert(HOST, value.clone())?,
     }
     Ok(())
@@ -513,13 +516,9 @@ mod tests {
     }
 
     fn no_destination() -> Destination<'static> {
-        static NO_RULES: HeaderRules = HeaderRules {
-            set: Vec::new(),
-            remove: Vec::new(),
-        };
         Destination {
             upstream_headers: &[],
-            route_headers: &NO_RULES,
+            route_headers: HeaderRules::NONE,
             host: Host::Keep,
         }
     }
@@ -550,7 +549,7 @@ mod tests {
         let destination = Destination {
             upstream_headers: &secret,
             route_headers: &rules,
-            host: Host::Name("10.0.0.7:8080"),
+            host: Host::Value(&HeaderValue::from_static("10.0.0.7:8080")),
         };
         rewrite_upstream_request(&mut req, &forwarding(true), &destination).expect("valid");
         for gone in ["x-api-key", "connection", "x-trace", "te", "x-drop"] {

@@ -59,11 +59,9 @@ async fn write(
 /// hop-by-hop header, the route's `response_headers`, the request id and
 /// rate-limit headers.
 pub fn rewrite_upstream_answer(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
-    const NO_RULES: &HeaderRules = &HeaderRules {
-        set: Vec::new(),
-        remove: Vec::new(),
-    };
-    let rules = ctx.route().map_or(NO_RULES, |r| &r.response_headers);
+    let rules = ctx
+        .route()
+        .map_or(HeaderRules::NONE, |r| &r.response_headers);
     let switching = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
     rewrite_upstream_response(resp, &ctx.gateway.secret_headers, switching, rules)?;
     stamp_answer(resp, &ctx.request_id, ctx.rate)

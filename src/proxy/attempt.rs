@@ -47,8 +47,6 @@ pub fn lease_peer(
 pub fn destination<'a>(route: &'a Route, upstream: &'a Upstream, peer: usize) -> Destination<'a> {
     let host = if route.preserve_host {
         Host::Keep
-    } else if upstream.tls && !upstream.sni.is_empty() {
-        Host::Name(upstream.sni.as_str())
     } else {
         Host::Value(&upstream.peers[peer].host)
     };

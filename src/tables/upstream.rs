@@ -28,7 +28,8 @@ pub struct Peer {
     /// The peer as written in the config (the `peer` label and log field).
     pub label: String,
     pub addr: SocketAddr,
-    /// `ip:port`, the host header sent to this peer by default.
+    /// The host header sent to this peer by default: the upstream's TLS name
+    /// (`sni`) with TLS, else the peer's `ip:port`.
     pub host: HeaderValue,
     /// Requests currently sent to this peer (for `least_connections`).
     active: AtomicUsize,
@@ -102,6 +103,8 @@ impl Upstream {
     /// Builds an upstream, resolving peer names now (never on the request path).
     /// The errors name every peer that failed (its index) and why.
     pub fn build(name: &str, conf: &config::Upstream) -> Result<Upstream, Vec<(usize, String)>> {
+        let tls = conf.tls.unwrap_or(false);
+        let sni = conf.sni.clone().unwrap_or_default();
         let mut peers = Vec::with_capacity(conf.peers.value.len());
         let mut failed = Vec::new();
         for (i, written) in conf.peers.value.iter().enumerate() {
@@ -112,8 +115,14 @@ impl Upstream {
                     continue;
                 }
             };
-            let Ok(host) = HeaderValue::from_str(&addr.to_string()) else {
-                let message = "the peer's address is not a valid host header";
+            // Made here, not per request: the TLS name, or the peer's `ip:port`.
+            let host = if tls && !sni.is_empty() {
+                sni.clone()
+            } else {
+                addr.to_string()
+            };
+            let Ok(host) = HeaderValue::from_str(&host) else {
+                let message = "the peer's host header (address or sni) is not a valid header value";
                 failed.push((i, message.to_string()));
                 continue;
             };
@@ -136,8 +145,6 @@ impl Upstream {
             idle: t.and_then(|t| t.idle).unwrap_or(d.idle),
         };
         let headers = conf.headers.clone().map(|h| h.0).unwrap_or_default();
-        let tls = conf.tls.unwrap_or(false);
-        let sni = conf.sni.clone().unwrap_or_default();
         let verify = conf.verify.unwrap_or(true);
         let registry = conf.health_check.as_ref().map(|hc| {
             let check = CheckSettings {
