@@ -1,13 +1,16 @@
 //! Benchmark of the route lookup every request makes, among 10, 100 and 1000
 //! routes: the segment trie should keep the cost nearly flat, not linear in the
-//! table size. (Key lookups: `benches/auth.rs`.)
+//! table size. `router_lookup` has no `match` conditions (its numbers compare
+//! with earlier runs); `router_lookup_match` gives every `{param}` route a twin
+//! with header and query conditions. (Key lookups: `benches/auth.rs`.)
 //!
 //! Run: `cargo bench --bench router` (add `-- --warm-up-time 1 --measurement-time 2`
 //! for a quick pass).
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
-use http::Method;
-use portcullis::core::router::{Lookup, Pattern, RouteSpec, Router};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use portcullis::core::route_match::{Conditions, Want};
+use portcullis::core::router::{Lookup, Pattern, Request, RouteSpec, Router};
 
 const ROUTE_COUNTS: [usize; 3] = [10, 100, 1000];
 
@@ -35,11 +38,45 @@ fn route(i: usize) -> RouteSpec {
         exact,
         methods,
         host,
+        conditions: Conditions::default(),
     }
+}
+
+/// The `match` a canary twin of a route carries: a header and a query flag.
+fn canary() -> Conditions {
+    Conditions {
+        headers: vec![(HeaderName::from_static("x-api-version"), Want::of("2"))],
+        query: vec![("beta".to_string(), Want::of("*"))],
+    }
+}
+
+/// A realistic client head: a few headers, none of them the canary's.
+fn client_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in [
+        ("accept", "application/json"),
+        ("user-agent", "bench/1.0"),
+        ("x-api-key", "k-0123456789"),
+        ("accept-encoding", "gzip"),
+    ] {
+        h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+    }
+    h
+}
+
+fn lookup(router: &Router, path: &str, query: Option<&str>, headers: &HeaderMap) -> Lookup {
+    router.lookup(&Request {
+        method: black_box(&Method::GET),
+        path: black_box(path),
+        host: black_box(Some("api.example.com")),
+        query: black_box(query),
+        headers: black_box(headers),
+    })
 }
 
 fn router_lookup(c: &mut Criterion) {
     let mut group = c.benchmark_group("router_lookup");
+    let headers = client_headers();
     for n in ROUTE_COUNTS {
         let router = Router::new((0..n).map(route).collect());
         // The last `{param}` route: defined deep in the table, matched through a
@@ -47,19 +84,66 @@ fn router_lookup(c: &mut Criterion) {
         let deep = (0..n).rev().find(|i| i % 4 == 1).expect("n >= 2");
         let hit = format!("/svc{deep}/v1/items/42");
         let miss = "/nowhere/v1/items/42";
-        let host = Some("api.example.com");
-        assert_eq!(router.lookup(&Method::GET, &hit, host), Lookup::Found(deep));
-        assert_eq!(router.lookup(&Method::GET, miss, host), Lookup::NotFound);
+        assert_eq!(lookup(&router, &hit, None, &headers), Lookup::Found(deep));
+        assert_eq!(lookup(&router, miss, None, &headers), Lookup::NotFound);
 
         group.bench_with_input(BenchmarkId::new("hit", n), &hit, |b, path| {
-            b.iter(|| router.lookup(black_box(&Method::GET), black_box(path), black_box(host)))
+            b.iter(|| lookup(&router, path, None, &headers))
         });
         group.bench_with_input(BenchmarkId::new("miss", n), &miss, |b, path| {
-            b.iter(|| router.lookup(black_box(&Method::GET), black_box(path), black_box(host)))
+            b.iter(|| lookup(&router, path, None, &headers))
         });
     }
     group.finish();
 }
 
-criterion_group!(benches, router_lookup);
+fn router_lookup_match(c: &mut Criterion) {
+    let mut group = c.benchmark_group("router_lookup_match");
+    let plain = client_headers();
+    let mut canary_headers = client_headers();
+    canary_headers.insert("x-api-version", HeaderValue::from_static("2"));
+    let query = Some("page=2&beta");
+    for n in ROUTE_COUNTS {
+        // `n` routes: the table above, with a canary twin after each `{param}`
+        // route (about n/4 of them carry conditions).
+        let mut specs = Vec::with_capacity(n);
+        // The last `{param}` route with a twin: (its number, its index, the twin's).
+        let mut deep = None;
+        for i in 0.. {
+            if specs.len() + 2 > n {
+                break;
+            }
+            specs.push(route(i));
+            if i % 4 == 1 {
+                deep = Some((i, specs.len() - 1, specs.len()));
+                specs.push(RouteSpec {
+                    conditions: canary(),
+                    ..route(i)
+                });
+            }
+        }
+        let (i, plain_index, twin_index) = deep.expect("n >= 4");
+        let router = Router::new(specs);
+        let path = format!("/svc{i}/v1/items/42");
+        // Conditions hold: the twin wins; they fail: checked, then the plain route.
+        assert_eq!(
+            lookup(&router, &path, query, &canary_headers),
+            Lookup::Found(twin_index)
+        );
+        assert_eq!(
+            lookup(&router, &path, query, &plain),
+            Lookup::Found(plain_index)
+        );
+
+        group.bench_with_input(BenchmarkId::new("conditions_hold", n), &path, |b, p| {
+            b.iter(|| lookup(&router, p, query, &canary_headers))
+        });
+        group.bench_with_input(BenchmarkId::new("conditions_fail", n), &path, |b, p| {
+            b.iter(|| lookup(&router, p, query, &plain))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, router_lookup, router_lookup_match);
 criterion_main!(benches);

@@ -10,5 +10,6 @@ pub mod forward;
 pub mod head;
 pub mod limit;
 pub mod reply;
+pub mod route_match;
 pub mod router;
 pub mod trace;

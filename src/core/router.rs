@@ -4,7 +4,8 @@
 //! segments once and only meets the routes that could match; its cost grows with
 //! the path's depth, not with the number of routes.
 
-use http::Method;
+use crate::core::route_match::Conditions;
+use http::{HeaderMap, Method};
 use std::collections::HashMap;
 
 /// One segment of a route pattern.
@@ -76,6 +77,22 @@ pub struct RouteSpec {
     pub methods: Option<Vec<Method>>,
     /// Lower-case host without port; `None`: any host.
     pub host: Option<String>,
+    /// The route's `match`: headers and query parameters it needs (SPEC §8.3).
+    pub conditions: Conditions,
+}
+
+/// What the router looks at in a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub method: &'a Method,
+    /// Without the query string.
+    pub path: &'a str,
+    /// The host without port (any case).
+    pub host: Option<&'a str>,
+    /// The query string without `?`, for `match.query`.
+    pub query: Option<&'a str>,
+    /// The client's headers as received, for `match.headers`.
+    pub headers: &'a HeaderMap,
 }
 
 /// How a lookup ended.
@@ -105,6 +122,8 @@ struct Rank {
     segments: usize,
     exact: bool,
     host: bool,
+    /// More `match` conditions win among otherwise equal routes.
+    conditions: usize,
     /// Earlier in the file wins: stored reversed.
     order: std::cmp::Reverse<usize>,
 }
@@ -140,51 +159,61 @@ impl Router {
                 segments: spec.pattern.segments.len(),
                 exact,
                 host: spec.host.is_some(),
+                conditions: spec.conditions.len(),
                 order: std::cmp::Reverse(i),
             });
         }
         Router { root, specs, ranks }
     }
 
-    /// Finds the route for a request. `path` is without the query string; `host`
-    /// is the host header without port (any case).
-    pub fn lookup(&self, method: &Method, path: &str, host: Option<&str>) -> Lookup {
+    /// Finds the route for a request.
+    pub fn lookup(&self, req: &Request<'_>) -> Lookup {
         let mut best: Option<usize> = None;
         let mut path_matched = false;
         let mut consider = |i: usize| {
             let spec = &self.specs[i];
-            if let Some(want) = &spec.host {
-                if !host.is_some_and(|h| h.eq_ignore_ascii_case(want)) {
-                    return;
-                }
-            }
-            path_matched = true;
-            if spec.methods.as_ref().is_some_and(|m| !m.contains(method)) {
+            if !self.host_holds(spec, req.host) {
                 return;
             }
-            if best.is_none_or(|b| self.ranks[i] > self.ranks[b]) {
-                best = Some(i);
+            // A route that cannot beat the best so far needs no further look
+            // (the best already matched the path): conditions cost the most.
+            if best.is_some_and(|b| self.ranks[i] <= self.ranks[b]) {
+                return;
             }
+            if !spec.conditions.is_empty() && !spec.conditions.hold(req.headers, req.query) {
+                return;
+            }
+            path_matched = true;
+            if spec
+                .methods
+                .as_ref()
+                .is_some_and(|m| !m.contains(req.method))
+            {
+                return;
+            }
+            best = Some(i);
         };
-        walk(&self.root, path_segments(path), &mut consider);
+        walk(&self.root, path_segments(req.path), &mut consider);
         match best {
             Some(i) => Lookup::Found(i),
-            None if path_matched => Lookup::MethodNotAllowed(self.allowed_methods(path, host)),
+            None if path_matched => Lookup::MethodNotAllowed(self.allowed_methods(req)),
             None => Lookup::NotFound,
         }
     }
 
-    /// The union of the methods of every route matching `path` and `host` (the
-    /// 405 path only, so it may allocate).
-    fn allowed_methods(&self, path: &str, host: Option<&str>) -> Vec<Method> {
+    fn host_holds(&self, spec: &RouteSpec, host: Option<&str>) -> bool {
+        spec.host
+            .as_ref()
+            .is_none_or(|want| host.is_some_and(|h| h.eq_ignore_ascii_case(want)))
+    }
+
+    /// The union of the methods of every route matching the request but for
+    /// its method (the 405 path only, so it may allocate).
+    fn allowed_methods(&self, req: &Request<'_>) -> Vec<Method> {
         let mut methods: Vec<Method> = Vec::new();
-        walk(&self.root, path_segments(path), &mut |i| {
+        walk(&self.root, path_segments(req.path), &mut |i| {
             let spec = &self.specs[i];
-            let host_ok = spec
-                .host
-                .as_ref()
-                .is_none_or(|want| host.is_some_and(|h| h.eq_ignore_ascii_case(want)));
-            if host_ok {
+            if self.host_holds(spec, req.host) && spec.conditions.hold(req.headers, req.query) {
                 for m in spec.methods.iter().flatten() {
                     if !methods.contains(m) {
                         methods.push(m.clone());
@@ -267,11 +296,23 @@ mod tests {
             exact: false,
             methods: None,
             host: None,
+            conditions: Conditions::default(),
         }
     }
 
+    fn look(r: &Router, method: &Method, path: &str, host: Option<&str>) -> Lookup {
+        let headers = HeaderMap::new();
+        r.lookup(&Request {
+            method,
+            path,
+            host,
+            query: None,
+            headers: &headers,
+        })
+    }
+
     fn found(r: &Router, path: &str) -> Option<usize> {
-        match r.lookup(&Method::GET, path, Some("api.example.com")) {
+        match look(r, &Method::GET, path, Some("api.example.com")) {
             Lookup::Found(i) => Some(i),
             _ => None,
         }
@@ -339,11 +380,11 @@ mod tests {
         let r = Router::new(vec![spec("/users"), with_host]);
         assert_eq!(found(&r, "/users"), Some(1));
         assert_eq!(
-            r.lookup(&Method::GET, "/users", Some("other.example.com")),
+            look(&r, &Method::GET, "/users", Some("other.example.com")),
             Lookup::Found(0)
         );
         assert_eq!(
-            r.lookup(&Method::GET, "/users", Some("API.EXAMPLE.COM")),
+            look(&r, &Method::GET, "/users", Some("API.EXAMPLE.COM")),
             Lookup::Found(1)
         );
     }
@@ -361,13 +402,13 @@ mod tests {
         let mut post = spec("/users");
         post.methods = Some(vec![Method::POST, Method::GET]);
         let r = Router::new(vec![get, post]);
-        assert_eq!(r.lookup(&Method::POST, "/users", None), Lookup::Found(1));
+        assert_eq!(look(&r, &Method::POST, "/users", None), Lookup::Found(1));
         assert_eq!(
-            r.lookup(&Method::DELETE, "/users/1", None),
+            look(&r, &Method::DELETE, "/users/1", None),
             Lookup::MethodNotAllowed(vec![Method::GET, Method::POST])
         );
         assert_eq!(
-            r.lookup(&Method::DELETE, "/nothing", None),
+            look(&r, &Method::DELETE, "/nothing", None),
             Lookup::NotFound
         );
     }
@@ -377,7 +418,110 @@ mod tests {
         let mut users = spec("/users");
         users.methods = Some(vec![Method::GET]);
         let r = Router::new(vec![users, spec("/")]);
-        assert_eq!(r.lookup(&Method::POST, "/users", None), Lookup::Found(1));
+        assert_eq!(look(&r, &Method::POST, "/users", None), Lookup::Found(1));
+    }
+
+    fn when(path: &str, headers: &[(&'static str, &str)], query: &[(&str, &str)]) -> RouteSpec {
+        use crate::core::route_match::Want;
+        RouteSpec {
+            conditions: Conditions {
+                headers: headers
+                    .iter()
+                    .map(|(k, v)| (http::HeaderName::from_static(k), Want::of(v)))
+                    .collect(),
+                query: query
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), Want::of(v)))
+                    .collect(),
+            },
+            ..spec(path)
+        }
+    }
+
+    fn look_with(
+        r: &Router,
+        path: &str,
+        headers: &[(&'static str, &'static str)],
+        query: &str,
+    ) -> Lookup {
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.append(
+                http::HeaderName::from_static(k),
+                http::HeaderValue::from_static(v),
+            );
+        }
+        r.lookup(&Request {
+            method: &Method::GET,
+            path,
+            host: None,
+            query: Some(query),
+            headers: &map,
+        })
+    }
+
+    #[test]
+    fn conditions_break_ties_more_conditions_beat_fewer() {
+        let r = Router::new(vec![
+            spec("/users"),
+            when("/users", &[("x-api-version", "2")], &[("beta", "*")]),
+            when("/users", &[("x-api-version", "2")], &[]),
+        ]);
+        let v2 = [("x-api-version", "2")];
+        assert_eq!(look_with(&r, "/users/1", &[], ""), Lookup::Found(0));
+        assert_eq!(look_with(&r, "/users/1", &v2, ""), Lookup::Found(2));
+        assert_eq!(look_with(&r, "/users/1", &v2, "beta"), Lookup::Found(1));
+        assert_eq!(look_with(&r, "/users/1", &v2, "beta="), Lookup::Found(1));
+        assert_eq!(
+            look_with(&r, "/users/1", &[("x-api-version", "3")], "beta"),
+            Lookup::Found(0)
+        );
+    }
+
+    #[test]
+    fn a_longer_literal_path_still_beats_conditions() {
+        let r = Router::new(vec![
+            when("/users", &[("x-api-version", "2")], &[]),
+            spec("/users/me"),
+        ]);
+        assert_eq!(
+            look_with(&r, "/users/me", &[("x-api-version", "2")], ""),
+            Lookup::Found(1)
+        );
+        assert_eq!(
+            look_with(&r, "/users/1", &[("x-api-version", "2")], ""),
+            Lookup::Found(0)
+        );
+    }
+
+    #[test]
+    fn a_route_whose_conditions_fail_does_not_match_at_all() {
+        let mut get_v2 = when("/users", &[("x-api-version", "2")], &[]);
+        get_v2.methods = Some(vec![Method::GET]);
+        let r = Router::new(vec![get_v2]);
+        assert_eq!(
+            look_with(&r, "/users", &[], ""),
+            Lookup::NotFound,
+            "not 405"
+        );
+        let headers = HeaderMap::new();
+        let post = Request {
+            method: &Method::POST,
+            path: "/users",
+            host: None,
+            query: None,
+            headers: &headers,
+        };
+        assert_eq!(r.lookup(&post), Lookup::NotFound);
+        let mut v2 = HeaderMap::new();
+        v2.insert("x-api-version", http::HeaderValue::from_static("2"));
+        assert_eq!(
+            r.lookup(&Request {
+                headers: &v2,
+                ..post
+            }),
+            Lookup::MethodNotAllowed(vec![Method::GET])
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use crate::core::config::LimitBy;
 use crate::core::head;
 use crate::core::limit::{Decision, Key, StoreError, Subject, Window};
 use crate::core::reply::Refusal;
-use crate::core::router::{host_without_port, Lookup};
+use crate::core::router::{self, host_without_port, Lookup};
 use crate::tables::{Gateway, Route};
 use crate::telemetry::metrics::{self, AuthFailure};
 use crate::telemetry::process_log::once_a_second;
@@ -29,6 +29,10 @@ pub struct RequestFacts<'a> {
     /// The value of the gateway's key header, if sent.
     pub key: Option<&'a [u8]>,
     pub content_length: Option<&'a str>,
+    /// The query string, and the client's headers as received (before the
+    /// gateway sets any), for routes' `match` conditions.
+    pub query: Option<&'a str>,
+    pub headers: &'a http::HeaderMap,
 }
 
 impl<'a> RequestFacts<'a> {
@@ -42,6 +46,8 @@ impl<'a> RequestFacts<'a> {
                 .map(host_without_port),
             key: req.headers.get(key_header).map(|v| v.as_bytes()),
             content_length: header(CONTENT_LENGTH),
+            query: req.uri.query(),
+            headers: &req.headers,
         }
     }
 }
@@ -108,7 +114,14 @@ pub fn admit(gw: &Gateway, request: &RequestFacts<'_>) -> Admission {
     if head::check_path(request.path).is_err() {
         return Admission::refused(None, None, Refusal::BadRequest);
     }
-    let route_index = match gw.route(request.method, request.path, request.host) {
+    let lookup = gw.route(&router::Request {
+        method: request.method,
+        path: request.path,
+        host: request.host,
+        query: request.query,
+        headers: request.headers,
+    });
+    let route_index = match lookup {
         Lookup::Found(i) => i,
         Lookup::MethodNotAllowed(allow) => {
             return Admission::refused(None, None, Refusal::MethodNotAllowed { allow })
@@ -274,8 +287,13 @@ routes:
             host: None,
             key: key.map(str::as_bytes),
             content_length: None,
+            query: None,
+            headers: &NO_HEADERS,
         }
     }
+
+    static NO_HEADERS: std::sync::LazyLock<http::HeaderMap> =
+        std::sync::LazyLock::new(http::HeaderMap::new);
 
     fn refusal(gw: &Gateway, request: &RequestFacts<'_>) -> Option<Refusal> {
         admit(gw, request).refusal

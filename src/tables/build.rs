@@ -161,6 +161,7 @@ fn build_routes(
     keys: &KeyStore,
     limits: &mut Vec<LimitSpec>,
 ) -> (Vec<Route>, Vec<RouteSpec>) {
+    let key_header = config::key_header(config);
     let mut route_specs = Vec::with_capacity(config.routes.len());
     let mut routes = Vec::with_capacity(config.routes.len());
     for (i, r) in config.routes.iter() {
@@ -212,6 +213,7 @@ fn build_routes(
             exact: r.exact.unwrap_or(false),
             methods: methods.clone(),
             host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
+            conditions: config::routing::conditions(r.matching.as_ref(), &key_header),
         });
         routes.push(Route {
             name: r.name.value.clone(),

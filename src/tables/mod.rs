@@ -12,7 +12,7 @@ use crate::core::config::{self, Config, ConfigErrors, Cx};
 use crate::core::forward::HeaderRules;
 use crate::core::limit::Limiter;
 use crate::core::reply::Reply;
-use crate::core::router::{Lookup, Router};
+use crate::core::router::{self, Lookup, Router};
 use crate::tables::certs::CertifiedKey;
 use crate::tables::upstream::Upstream;
 use crate::telemetry::metrics::{RouteMetrics, UpstreamMetrics};
@@ -202,8 +202,8 @@ impl Gateway {
     }
 
     /// Finds the route for a request.
-    pub fn route(&self, method: &Method, path: &str, host: Option<&str>) -> Lookup {
-        self.router.lookup(method, path, host)
+    pub fn route(&self, request: &router::Request<'_>) -> Lookup {
+        self.router.lookup(request)
     }
 }
 

@@ -228,15 +228,15 @@ fn the_full_example_loads_and_compiles() {
 
     let host = Some("api.example.com");
     assert!(matches!(
-        gateway.route(&Method::GET, "/users/1", host),
+        route_of(&gateway, &Method::GET, "/users/1", host),
         Lookup::Found(0)
     ));
     assert!(matches!(
-        gateway.route(&Method::GET, "/health", None),
+        route_of(&gateway, &Method::GET, "/health", None),
         Lookup::Found(2)
     ));
     assert!(matches!(
-        gateway.route(&Method::GET, "/usersX", host),
+        route_of(&gateway, &Method::GET, "/usersX", host),
         Lookup::NotFound
     ));
 }
@@ -254,14 +254,14 @@ fn aggregate_routes_compile_with_get_and_head_by_default() {
     );
     let gw = Gateway::build(&load(&src), FILE).expect("compiles");
     assert!(matches!(
-        gw.route(&Method::GET, "/overview/users/1", None),
+        route_of(&gw, &Method::GET, "/overview/users/1", None),
         Lookup::Found(0)
     ));
     assert!(matches!(
-        gw.route(&Method::HEAD, "/overview/users/1", None),
+        route_of(&gw, &Method::HEAD, "/overview/users/1", None),
         Lookup::Found(0)
     ));
-    match gw.route(&Method::POST, "/overview/users/1", None) {
+    match route_of(&gw, &Method::POST, "/overview/users/1", None) {
         Lookup::MethodNotAllowed(allow) => assert_eq!(allow, [Method::GET, Method::HEAD]),
         _ => panic!("POST should get 405"),
     }
@@ -291,4 +291,16 @@ fn aggregate_part_params_must_be_the_routes() {
         "routes[0].aggregate.user.path",
         "`{uid}` is not a parameter of the route's path",
     );
+}
+
+/// The route for a request without headers or query.
+fn route_of(gw: &Gateway, method: &Method, path: &str, host: Option<&str>) -> Lookup {
+    let headers = http::HeaderMap::new();
+    gw.route(&crate::core::router::Request {
+        method,
+        path,
+        host,
+        query: None,
+        headers: &headers,
+    })
 }

@@ -31,6 +31,8 @@ pub struct Peer {
     /// The host header sent to this peer by default: the upstream's TLS name
     /// (`sni`) with TLS, else the peer's `ip:port`.
     pub host: HeaderValue,
+    /// Its share of `round_robin` and `random` picks (1 unless written).
+    pub weight: usize,
     /// Requests currently sent to this peer (for `least_connections`).
     active: AtomicUsize,
 }
@@ -108,7 +110,7 @@ impl Upstream {
         let mut peers = Vec::with_capacity(conf.peers.value.len());
         let mut failed = Vec::new();
         for (i, written) in conf.peers.value.iter().enumerate() {
-            let addr = match resolve(&written.value, &written.shown()) {
+            let addr = match resolve(&written.value.addr.value, &written.value.addr.shown()) {
                 Ok(addr) => addr,
                 Err(message) => {
                     failed.push((i, message));
@@ -127,9 +129,13 @@ impl Upstream {
                 continue;
             };
             peers.push(Peer {
-                label: written.value.clone(),
+                label: written.value.label().to_string(),
                 addr,
                 host,
+                // Checked 1..=MAX_WEIGHT by the config's validation.
+                weight: usize::try_from(written.value.weight.value)
+                    .unwrap_or(1)
+                    .max(1),
                 active: AtomicUsize::new(0),
             });
         }
@@ -165,7 +171,7 @@ impl Upstream {
             .iter()
             .map(|p| Backend {
                 addr: pingora_core::protocols::l4::socket::SocketAddr::Inet(p.addr),
-                weight: 1,
+                weight: p.weight,
                 ext: Default::default(),
             })
             .collect();
@@ -420,7 +426,11 @@ mod tests {
             peers: Spanned::new(
                 peers
                     .iter()
-                    .map(|p| Spanned::new(p.to_string(), Default::default()))
+                    .map(|p| {
+                        let addr = Spanned::new(p.to_string(), Default::default());
+                        let weight = Spanned::new(1, Default::default());
+                        Spanned::new(config::PeerConf { addr, weight }, Default::default())
+                    })
                     .collect(),
                 Default::default(),
             ),
@@ -432,6 +442,7 @@ mod tests {
             retries: None,
             health_check: None,
             headers: None,
+            outlier: None,
         }
     }
 

@@ -270,16 +270,19 @@ pub trait Decode: Sized {
     }
 }
 
-/// Implements [`Decode`] for a struct whose YAML keys are its field names.
+/// Implements [`Decode`] for a struct whose YAML keys are its field names;
+/// `field as "key"` names a field whose key is a Rust keyword (`match`).
 macro_rules! decode_struct {
-    ($ty:ident { $($field:ident),* $(,)? }) => {
+    (@key $field:ident $key:literal) => { $key };
+    (@key $field:ident) => { stringify!($field) };
+    ($ty:ident { $($field:ident $(as $key:literal)?),* $(,)? }) => {
         impl $crate::core::config::decode::Decode for $ty {
             fn decode(
                 cx: &mut $crate::core::config::decode::Cx<'_>,
                 node: &$crate::core::config::yaml::Node,
             ) -> Option<Self> {
-                let fields = cx.fields(node, &[$(stringify!($field)),*])?;
-                $( let $field = cx.field(&fields, stringify!($field)); )*
+                let fields = cx.fields(node, &[$(decode_struct!(@key $field $($key)?)),*])?;
+                $( let $field = cx.field(&fields, decode_struct!(@key $field $($key)?)); )*
                 Some($ty { $($field: $field?),* })
             }
         }
@@ -407,6 +410,14 @@ macro_rules! decode_unsigned {
     )*};
 }
 decode_unsigned!(u16, u32, u64, usize);
+
+/// A whole number that may be negative, for fields whose range is checked
+/// after decoding (a peer's `weight`), so `-1` gets that check's message.
+impl Decode for i64 {
+    fn decode(cx: &mut Cx<'_>, node: &Node) -> Option<Self> {
+        cx.parsed(node, "a whole number", |s| s.parse().ok())
+    }
+}
 
 impl Decode for Duration {
     fn decode(cx: &mut Cx<'_>, node: &Node) -> Option<Self> {

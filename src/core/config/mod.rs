@@ -3,6 +3,7 @@
 
 pub mod decode;
 pub mod error;
+pub mod routing;
 pub mod schema;
 pub mod types;
 pub mod yaml;
@@ -152,6 +153,15 @@ fn validate(cx: &mut Cx<'_>, config: &Config) {
     validate_store(cx, config);
 }
 
+/// The header clients send their key in (`auth.header`, default `x-api-key`).
+pub fn key_header(config: &Config) -> http::HeaderName {
+    config
+        .auth
+        .as_ref()
+        .and_then(|a| a.header.clone())
+        .unwrap_or_else(|| http::HeaderName::from_static("x-api-key"))
+}
+
 /// Where the admin listener goes when the config names none.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9100";
 
@@ -207,6 +217,7 @@ fn validate_addresses(cx: &mut Cx<'_>, config: &Config) {
 /// `upstreams:`: peers, health checks.
 fn validate_upstreams(cx: &mut Cx<'_>, upstreams: &Table<Upstream>) {
     for (name, upstream) in upstreams.iter() {
+        routing::check_upstream(cx, name, upstream);
         if upstream.peers.value.is_empty()
             && !cx.has_errors_under(&format!("upstreams.{name}.peers"))
         {
@@ -303,8 +314,13 @@ fn validate_routes(
         .consumers
         .as_ref()
         .is_some_and(|c| c.has_failed_items());
+    let key_header = key_header(config);
+    let gateway_set = routing::upstream_header_names(config);
     for (i, route) in config.routes.iter() {
         let path = format!("routes[{i}]");
+        if let Some(matching) = &route.matching {
+            routing::check_match(cx, &path, matching, &key_header, &gateway_set);
+        }
         if !route_names.insert(route.name.value.as_str()) {
             cx.error_at(
                 &format!("{path}.name"),

@@ -3,8 +3,9 @@
 //! Optional fields stay `Option` here; defaults are applied when the config is
 //! compiled into the gateway's tables, so that what was written stays visible.
 
-use super::decode::{decode_enum, decode_struct, ByteSize, Indexed, Spanned, Table};
+use super::decode::{decode_enum, decode_struct, ByteSize, Cx, Decode, Indexed, Spanned, Table};
 use super::types::HeaderList;
+use super::yaml::{Node, NodeKind};
 use http::{HeaderName, Method};
 use ipnet::IpNet;
 use std::net::SocketAddr;
@@ -140,7 +141,7 @@ decode_enum!(LimitBy { "consumer" => Consumer, "ip" => Ip, "route" => Route });
 
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    pub peers: Spanned<Vec<Spanned<String>>>,
+    pub peers: Spanned<Vec<Spanned<PeerConf>>>,
     pub balance: Option<Balance>,
     pub tls: Option<bool>,
     pub sni: Option<String>,
@@ -149,6 +150,8 @@ pub struct Upstream {
     pub retries: Option<u32>,
     pub health_check: Option<HealthCheck>,
     pub headers: Option<HeaderList>,
+    /// Passive ejection of failing peers (SPEC §8.3).
+    pub outlier: Option<Outlier>,
 }
 decode_struct!(Upstream {
     peers,
@@ -159,7 +162,58 @@ decode_struct!(Upstream {
     timeouts,
     retries,
     health_check,
-    headers
+    headers,
+    outlier
+});
+
+/// A peer: `"127.0.0.1:8001"` (weight 1) or `{ addr: "127.0.0.1:8011", weight: 9 }`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerConf {
+    pub addr: Spanned<String>,
+    /// 1 when written as a plain address; checked to be 1..=[`MAX_WEIGHT`].
+    pub weight: Spanned<i64>,
+}
+
+/// The largest peer weight: the balancer holds one slot per unit of weight.
+pub const MAX_WEIGHT: i64 = 1000;
+
+#[derive(Debug, Clone)]
+struct PeerMap {
+    addr: Spanned<String>,
+    weight: Spanned<i64>,
+}
+decode_struct!(PeerMap { addr, weight });
+
+impl Decode for PeerConf {
+    fn decode(cx: &mut Cx<'_>, node: &Node) -> Option<Self> {
+        if let NodeKind::Map(_) = node.kind {
+            let PeerMap { addr, weight } = PeerMap::decode(cx, node)?;
+            return Some(PeerConf { addr, weight });
+        }
+        let addr = Spanned::<String>::decode(cx, node)?;
+        Some(PeerConf {
+            weight: Spanned::new(1, node.mark),
+            addr,
+        })
+    }
+}
+
+impl PeerConf {
+    /// The peer as written in the config (the `peer` label and log field).
+    pub fn label(&self) -> &str {
+        &self.addr.value
+    }
+}
+
+/// `outlier: { consecutive_failures: 5, eject_for: 30s }`.
+#[derive(Debug, Clone)]
+pub struct Outlier {
+    pub consecutive_failures: Spanned<u32>,
+    pub eject_for: Spanned<Duration>,
+}
+decode_struct!(Outlier {
+    consecutive_failures,
+    eject_for
 });
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -218,6 +272,8 @@ pub struct Route {
     pub respond: Option<Respond>,
     pub aggregate: Option<Spanned<Table<AggregatePart>>>,
     pub max_part_body: Option<Spanned<ByteSize>>,
+    /// `match`: headers and query parameters the request must carry.
+    pub matching: Option<Spanned<RouteMatch>>,
 }
 decode_struct!(Route {
     name,
@@ -237,8 +293,17 @@ decode_struct!(Route {
     timeout,
     respond,
     aggregate,
-    max_part_body
+    max_part_body,
+    matching as "match"
 });
+
+/// `match: { headers: {...}, query: {...} }`; values are exact or `"*"`.
+#[derive(Debug, Clone)]
+pub struct RouteMatch {
+    pub headers: Option<Spanned<Table<Spanned<String>>>>,
+    pub query: Option<Spanned<Table<Spanned<String>>>>,
+}
+decode_struct!(RouteMatch { headers, query });
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AuthMode {
