@@ -9,6 +9,7 @@ pub mod config;
 pub mod forward;
 pub mod head;
 pub mod limit;
+pub mod outlier;
 pub mod reply;
 pub mod route_match;
 pub mod router;

@@ -31,10 +31,10 @@ pub fn lease_peer(
     hash_key: &[u8],
     tried: &mut Vec<usize>,
 ) -> Result<PeerLease, Refusal> {
-    match gateway.upstreams[upstream].pick_peer(hash_key, tried) {
-        Ok(peer) => {
-            tried.push(peer);
-            Ok(PeerLease::take(gateway, upstream, peer))
+    match gateway.upstreams[upstream].pick(hash_key, tried) {
+        Ok(pick) => {
+            tried.push(pick.peer);
+            Ok(PeerLease::take(gateway, upstream, pick))
         }
         Err(NoPeer::AllUnhealthy) => Err(Refusal::NoHealthyUpstream),
         Err(NoPeer::AllTried) => Err(Refusal::BadGateway),

@@ -4,7 +4,9 @@
 use crate::core::auth::ConsumerId;
 use crate::core::forward::{self, Forwarding, X_REQUEST_ID};
 use crate::core::limit::Window;
+use crate::core::outlier::Verdict;
 use crate::core::trace::Trace;
+use crate::tables::upstream::Pick;
 use crate::tables::{Gateway, Route, Target};
 use crate::telemetry::metrics::RouteMetrics;
 use http::HeaderName;
@@ -41,31 +43,51 @@ impl Drop for InFlight {
 }
 
 /// A request counted on one peer of an upstream (for `least_connections`)
-/// until dropped, however the request ends.
+/// until dropped, however the request ends; it carries the attempt's verdict
+/// to outlier ejection.
 pub struct PeerLease {
     gateway: Arc<Gateway>,
     upstream: usize,
     peer: usize,
+    /// The peer's trial request after an ejection.
+    trial: bool,
+    judged: bool,
 }
 
 impl PeerLease {
-    pub fn take(gateway: &Arc<Gateway>, upstream: usize, peer: usize) -> PeerLease {
-        gateway.upstreams[upstream].acquire(peer);
+    pub fn take(gateway: &Arc<Gateway>, upstream: usize, pick: Pick) -> PeerLease {
+        gateway.upstreams[upstream].acquire(pick.peer);
         PeerLease {
             gateway: gateway.clone(),
             upstream,
-            peer,
+            peer: pick.peer,
+            trial: pick.trial,
+            judged: false,
         }
     }
 
     pub fn peer(&self) -> usize {
         self.peer
     }
+
+    /// How the attempt on this peer ended (the first word counts: a body
+    /// that times out after a good head is a failure too).
+    pub fn judge(&mut self, verdict: Verdict) {
+        let upstream = &self.gateway.upstreams[self.upstream];
+        if !self.judged || verdict == Verdict::Failure {
+            upstream.record(self.peer, self.trial && !self.judged, verdict);
+        }
+        self.judged = true;
+    }
 }
 
 impl Drop for PeerLease {
     fn drop(&mut self) {
-        self.gateway.upstreams[self.upstream].release(self.peer);
+        let upstream = &self.gateway.upstreams[self.upstream];
+        upstream.release(self.peer);
+        if self.trial && !self.judged {
+            upstream.trial_abandoned(self.peer);
+        }
     }
 }
 

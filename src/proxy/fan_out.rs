@@ -7,6 +7,7 @@ use super::attempt;
 use super::ctx::RequestCtx;
 use crate::core::aggregate::{judge, merge, PartFailure, PartOutcome};
 use crate::core::forward::{rewrite_upstream_request, Forwarding};
+use crate::core::outlier::Verdict;
 use crate::core::reply::{Refusal, Reply};
 use crate::tables::{Aggregate, Gateway, Part, Route, Target};
 use crate::telemetry::metrics::{UpstreamErrorKind, UpstreamMetrics};
@@ -208,7 +209,7 @@ impl FanOut {
             .unwrap_or_else(|| Instant::now() + upstream.timeouts.connect + upstream.timeouts.read);
         loop {
             let budget = attempt::budget(Some(deadline))?.unwrap_or_default();
-            let lease = attempt::lease_peer(gw, part.upstream, request.hash_key, &mut tried)?;
+            let mut lease = attempt::lease_peer(gw, part.upstream, request.hash_key, &mut tried)?;
             let mut req = base.clone();
             let destination = attempt::destination(request.route, upstream, lease.peer());
             rewrite_upstream_request(&mut req, &request.forwarding, &destination)
@@ -224,14 +225,22 @@ impl FanOut {
             let result = tokio::time::timeout(budget, exchange)
                 .await
                 .unwrap_or(Err(AttemptError::Timeout));
-            drop(lease);
             // A connect cut short by the deadline is a timeout, not a bad peer.
+            // Its verdict goes to outlier ejection before the peer is freed.
             let result = match result {
                 Err(AttemptError::Connect) if Instant::now() >= deadline => {
                     Err(AttemptError::Timeout)
                 }
                 other => other,
             };
+            match &result {
+                Ok(Answer { status, .. }) | Err(AttemptError::TooLarge(status)) => {
+                    lease.judge(Verdict::of_status(*status))
+                }
+                Err(AttemptError::Connect | AttemptError::Timeout) => lease.judge(Verdict::Failure),
+                Err(AttemptError::DeadPooled | AttemptError::Protocol) => {}
+            }
+            drop(lease);
             match result {
                 Ok(answer) => return judge(answer.status, answer.body),
                 Err(AttemptError::Connect) => {

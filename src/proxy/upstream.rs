@@ -6,6 +6,7 @@ use super::answer::refusal_error;
 use super::attempt;
 use super::ctx::RequestCtx;
 use crate::core::forward::{self, rewrite_upstream_request};
+use crate::core::outlier::Verdict;
 use crate::core::reply::Refusal;
 use crate::tables::{Route, Target};
 use crate::telemetry::metrics::{UpstreamErrorKind, UpstreamMetrics};
@@ -64,9 +65,11 @@ pub fn next_peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
 /// After a failed connect: counts it, frees the peer, and says whether
 /// another peer may take the request.
 pub fn connect_failed(ctx: &mut RequestCtx) -> bool {
-    let (Some(upstream_index), Some(_)) = (ctx.upstream_index(), ctx.lease.take()) else {
+    let (Some(upstream_index), Some(mut lease)) = (ctx.upstream_index(), ctx.lease.take()) else {
         return false;
     };
+    // Against the peer even when a retry on another one succeeds.
+    lease.judge(Verdict::Failure);
     if let Some(metrics) = upstream_metrics(ctx) {
         metrics.error(UpstreamErrorKind::Connect).inc();
     }
@@ -87,13 +90,17 @@ pub fn proxy_failed(ctx: &mut RequestCtx, e: &mut Error, replayable: bool, reuse
     }
 }
 
-/// Counts a failed upstream exchange in the route's upstream errors. Connect
-/// failures were counted per attempt in [`connect_failed`].
-pub fn count_error(ctx: &RequestCtx, e: &Error) {
+/// Counts a failed upstream exchange in the route's upstream errors, and a
+/// timeout against its peer. Connect failures were counted per attempt in
+/// [`connect_failed`].
+pub fn count_error(ctx: &mut RequestCtx, e: &Error) {
     if e.esource() != &ErrorSource::Upstream {
         return;
     }
     let kind = UpstreamErrorKind::of(e);
+    if let (UpstreamErrorKind::Timeout, Some(lease)) = (kind, ctx.lease.as_mut()) {
+        lease.judge(Verdict::Failure);
+    }
     if kind != UpstreamErrorKind::Connect {
         if let Some(metrics) = upstream_metrics(ctx) {
             metrics.error(kind).inc();
@@ -174,6 +181,9 @@ pub fn note_answer(ctx: &mut RequestCtx, answer: &ResponseHeader, telemetry: boo
         return Ok(()); // a 103 or 100 before the real answer
     }
     ctx.upstream_status = Some(status.as_u16());
+    if let Some(lease) = ctx.lease.as_mut() {
+        lease.judge(Verdict::of_status(status.as_u16()));
+    }
     if !forward::upstream_framing_is_plain(&answer.headers) {
         return Err(refusal_error(
             Refusal::BadGateway,

@@ -1,4 +1,5 @@
-//! Active health checks on a schedule, and `portcullis_upstream_peer_up`.
+//! Active health checks on a schedule, and `portcullis_upstream_peer_up`
+//! (0 for a peer marked down by its check or ejected as an outlier).
 //!
 //! Pingora's balancers run their checks as background services added before the
 //! server starts; ours are rebuilt on every reload. So one service walks the
@@ -29,8 +30,10 @@ impl BackgroundService for HealthChecker {
         // When each upstream (by name, so it outlives a reload) was last checked.
         let mut last_run: HashMap<String, Instant> = HashMap::new();
         let mut exported: HashSet<(String, String)> = HashSet::new();
-        // The tables `peer_up` was last published for: a reload republishes.
+        // The tables `peer_up` was last published for: a reload republishes;
+        // so does a peer ejected or back in (SPEC §8.3).
         let mut published_for: Weak<Gateway> = Weak::new();
+        let mut ejections_seen = 0u64;
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -59,7 +62,10 @@ impl BackgroundService for HealthChecker {
                 last_run.insert(upstream.name.clone(), now);
             }
             let reloaded = !Weak::ptr_eq(&published_for, &Arc::downgrade(&tables));
-            if due.is_empty() && !reloaded {
+            let ejections: u64 = tables.upstreams.iter().map(|u| u.ejection_changes()).sum();
+            let ejected_or_back = ejections != ejections_seen;
+            ejections_seen = ejections;
+            if due.is_empty() && !reloaded && !ejected_or_back {
                 continue; // nothing can have changed since the last publication
             }
             futures::future::join_all(due.iter().map(|u| u.run_health_check())).await;

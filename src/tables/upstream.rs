@@ -2,6 +2,7 @@
 //! Pingora connects (and pools connections) with.
 
 use crate::core::config;
+use crate::core::outlier::{self, Admit, Outliers, Verdict};
 use futures::FutureExt;
 use http::{HeaderName, HeaderValue};
 use pingora_core::upstreams::peer::HttpPeer;
@@ -13,9 +14,9 @@ use pingora_load_balancing::selection::{
 use pingora_load_balancing::{Backend, Backends, HealthRegistry, LoadBalancer};
 use std::collections::{BTreeSet, HashMap};
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// How many candidates a balancer may look at before giving up.
 const MAX_SELECT_ITERATIONS: usize = 256;
@@ -89,6 +90,32 @@ pub struct Upstream {
     pub retries: u32,
     /// Set on every request to this upstream (the gateway secret).
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Passive ejection of failing peers (`outlier`), if configured.
+    outliers: Option<Arc<Ejections>>,
+}
+
+/// An upstream's ejection state, shared by the tables of every reload that
+/// keeps the upstream's peers and `outlier` setting (an ejected peer stays out
+/// across a reload), with a count of its changes for `peer_up`.
+#[derive(Debug)]
+struct Ejections {
+    state: Mutex<Outliers>,
+    changes: AtomicU64,
+}
+
+impl Ejections {
+    fn lock(&self) -> MutexGuard<'_, Outliers> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A peer chosen for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pick {
+    pub peer: usize,
+    /// The trial request of an ejected peer: its outcome decides whether the
+    /// peer comes back.
+    pub trial: bool,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -188,10 +215,18 @@ impl Upstream {
             config::Balance::ConsistentHash => Balancer::ConsistentHash(balancer(backends())?),
             config::Balance::LeastConnections => Balancer::LeastConnections(balancer(backends())?),
         };
+        let outliers = conf.outlier.as_ref().map(|o| {
+            let policy = outlier::Policy {
+                consecutive_failures: o.consecutive_failures.value.max(1),
+                eject_for: o.eject_for.value,
+            };
+            ejections(name, policy, &peers)
+        });
         Ok(Upstream {
             name: name.to_string(),
             peers,
             balancer,
+            outliers,
             health_interval: conf
                 .health_check
                 .as_ref()
@@ -220,16 +255,21 @@ impl Upstream {
         self.backends().run_health_check(true).await;
     }
 
-    /// Whether each peer may take traffic now, in peer order.
+    /// Whether each peer may take traffic now, in peer order: healthy, and
+    /// not ejected (a peer awaiting its trial is still out).
     pub fn peers_up(&self) -> Vec<bool> {
         let backends = self.backends();
         let all = backends.get_backend();
+        let ejections = self.outliers.as_ref().map(|e| e.lock());
         self.peers
             .iter()
-            .map(|p| {
-                all.iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let healthy = all
+                    .iter()
                     .find(|b| b.addr.as_inet() == Some(&p.addr))
-                    .is_some_and(|b| backends.ready(b))
+                    .is_some_and(|b| backends.ready(b));
+                healthy && !ejections.as_ref().is_some_and(|e| e.is_ejected(i))
             })
             .collect()
     }
@@ -240,32 +280,64 @@ impl Upstream {
     }
 
     /// Picks a healthy peer not in `tried`; `key` feeds consistent hashing.
+    #[cfg(test)]
     pub fn pick_peer(&self, key: &[u8], tried: &[usize]) -> Result<usize, NoPeer> {
+        self.pick(key, tried).map(|p| p.peer)
+    }
+
+    /// Picks a healthy peer not in `tried` and not ejected (or due its trial
+    /// request); `key` feeds consistent hashing.
+    pub fn pick(&self, key: &[u8], tried: &[usize]) -> Result<Pick, NoPeer> {
+        let mut ejections = self.outliers.as_ref().map(|e| (e.lock(), Instant::now()));
+        let admit = |i: usize| {
+            ejections
+                .as_ref()
+                .map_or(Admit::Yes, |(state, now)| state.admit(i, *now))
+        };
         let any_healthy = std::cell::Cell::new(false);
         let accept = |b: &pingora_load_balancing::Backend, healthy: bool| {
             any_healthy.set(any_healthy.get() | healthy);
             healthy
                 && self
                     .peer_index(b.addr.as_inet())
-                    .is_some_and(|i| !tried.contains(&i))
+                    .is_some_and(|i| !tried.contains(&i) && admit(i) != Admit::No)
+        };
+        let index = |b: Option<pingora_load_balancing::Backend>| {
+            b.and_then(|b| self.peer_index(b.addr.as_inet()))
         };
         let chosen = match &self.balancer {
-            Balancer::RoundRobin(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
-            Balancer::Random(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
-            Balancer::ConsistentHash(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
-            Balancer::LeastConnections(lb) => return self.least_connected(lb, tried),
+            Balancer::RoundRobin(lb) => index(lb.select_with(key, MAX_SELECT_ITERATIONS, accept)),
+            Balancer::Random(lb) => index(lb.select_with(key, MAX_SELECT_ITERATIONS, accept)),
+            Balancer::ConsistentHash(lb) => {
+                index(lb.select_with(key, MAX_SELECT_ITERATIONS, accept))
+            }
+            Balancer::LeastConnections(lb) => match self.least_connected(lb, tried, &admit) {
+                Ok(i) => Some(i),
+                Err(none) => {
+                    any_healthy.set(none == NoPeer::AllTried);
+                    None
+                }
+            },
         };
-        match chosen.and_then(|b| self.peer_index(b.addr.as_inet())) {
-            Some(i) => Ok(i),
-            None if any_healthy.get() => Err(NoPeer::AllTried),
-            None => Err(NoPeer::AllUnhealthy),
+        let Some(peer) = chosen else {
+            return Err(if any_healthy.get() {
+                NoPeer::AllTried
+            } else {
+                NoPeer::AllUnhealthy
+            });
+        };
+        let trial = admit(peer) == Admit::Trial;
+        if let (true, Some((state, _))) = (trial, ejections.as_mut()) {
+            state.start_trial(peer);
         }
+        Ok(Pick { peer, trial })
     }
 
     fn least_connected(
         &self,
         lb: &LoadBalancer<RoundRobin>,
         tried: &[usize],
+        admit: &dyn Fn(usize) -> Admit,
     ) -> Result<usize, NoPeer> {
         let backends = lb.backends();
         let mut any_healthy = false;
@@ -278,7 +350,7 @@ impl Upstream {
             let Some(i) = self.peer_index(b.addr.as_inet()) else {
                 continue;
             };
-            if tried.contains(&i) {
+            if tried.contains(&i) || admit(i) == Admit::No {
                 continue;
             }
             let active = self.peers[i].active.load(Ordering::Relaxed);
@@ -291,6 +363,43 @@ impl Upstream {
             None if any_healthy => Err(NoPeer::AllTried),
             None => Err(NoPeer::AllUnhealthy),
         }
+    }
+
+    /// Notes how an attempt on peer `i` ended, for outlier ejection.
+    pub fn record(&self, i: usize, trial: bool, verdict: Verdict) {
+        let Some(ejections) = &self.outliers else {
+            return;
+        };
+        let (changed, ejected) = {
+            let mut state = ejections.lock();
+            let changed = state.record(i, trial, verdict, Instant::now());
+            (changed, state.is_ejected(i))
+        };
+        if changed {
+            ejections.changes.fetch_add(1, Ordering::Relaxed);
+            let peer = &self.peers[i].label;
+            let upstream = &self.name;
+            if ejected {
+                log::warn!("upstreams.{upstream}: peer {peer} ejected after failing in a row");
+            } else {
+                log::info!("upstreams.{upstream}: peer {peer} back in after its trial request");
+            }
+        }
+    }
+
+    /// The trial request of peer `i` ended without a verdict.
+    pub fn trial_abandoned(&self, i: usize) {
+        if let Some(ejections) = &self.outliers {
+            ejections.lock().trial_abandoned(i, Instant::now());
+        }
+    }
+
+    /// How many times a peer of this upstream went out or came back in: the
+    /// health service republishes `peer_up` when it moves.
+    pub fn ejection_changes(&self) -> u64 {
+        self.outliers
+            .as_ref()
+            .map_or(0, |e| e.changes.load(Ordering::Relaxed))
     }
 
     /// Marks a request as sent to peer `i` until [`Upstream::release`].
@@ -402,6 +511,25 @@ fn health_registry(name: &str, settings: CheckSettings) -> Arc<HealthRegistry> {
     registry
 }
 
+/// The ejection state of upstream `name`: one per process for as long as its
+/// peers and policy stay the same, as with [`health_registry`].
+fn ejections(name: &str, policy: outlier::Policy, peers: &[Peer]) -> Arc<Ejections> {
+    type Key = (outlier::Policy, Vec<SocketAddr>);
+    static EJECTIONS: LazyLock<Mutex<HashMap<String, (Key, Arc<Ejections>)>>> =
+        LazyLock::new(Default::default);
+    let key: Key = (policy, peers.iter().map(|p| p.addr).collect());
+    let mut all = EJECTIONS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, kept)) = all.get(name).filter(|(k, _)| *k == key) {
+        return kept.clone();
+    }
+    let made = Arc::new(Ejections {
+        state: Mutex::new(Outliers::new(policy, peers.len())),
+        changes: AtomicU64::new(0),
+    });
+    all.insert(name.to_string(), (key, made.clone()));
+    made
+}
+
 /// `ip:port`, or `name:port` resolved to its first address; `shown` is how the
 /// peer may appear in a message (never a value from the environment).
 fn resolve(peer: &str, shown: &str) -> Result<SocketAddr, String> {
@@ -420,6 +548,7 @@ fn resolve(peer: &str, shown: &str) -> Result<SocketAddr, String> {
 mod tests {
     use super::*;
     use crate::core::config::{Spanned, Upstream as Conf};
+    use crate::core::outlier::Verdict;
 
     fn conf(peers: &[&str], balance: config::Balance) -> Conf {
         Conf {
@@ -464,6 +593,66 @@ mod tests {
         let next = up.pick_peer(b"", &[0, 1]).expect("peer");
         assert_eq!(next, 2);
         assert_eq!(up.pick_peer(b"", &[0, 1, 2]), Err(NoPeer::AllTried));
+    }
+
+    fn weighted(weights: &[i64], balance: config::Balance) -> Conf {
+        let mut c = conf(&vec!["127.0.0.1:1"; weights.len()], balance);
+        for (i, (peer, w)) in c.peers.value.iter_mut().zip(weights).enumerate() {
+            peer.value.addr.value = format!("127.0.0.1:{}", i + 1);
+            peer.value.weight.value = *w;
+        }
+        c
+    }
+
+    #[test]
+    fn round_robin_and_random_honour_weights() {
+        for balance in [config::Balance::RoundRobin, config::Balance::Random] {
+            let up = Upstream::build("u", &weighted(&[1, 9], balance)).expect("valid");
+            let mut counts = [0usize; 2];
+            for _ in 0..10_000 {
+                counts[up.pick_peer(b"", &[]).expect("peer")] += 1;
+            }
+            // Round robin is exact; random within ~7 standard deviations (30).
+            assert!((800..=1200).contains(&counts[0]), "{balance:?}: {counts:?}");
+        }
+    }
+
+    #[test]
+    fn an_ejected_peer_is_skipped_until_its_trial() {
+        let mut c = conf(&["127.0.0.1:1", "127.0.0.1:2"], config::Balance::RoundRobin);
+        c.outlier = Some(config::Outlier {
+            consecutive_failures: Spanned::new(2, Default::default()),
+            eject_for: Spanned::new(Duration::from_millis(50), Default::default()),
+        });
+        // A name of its own: ejection state is kept per upstream name.
+        let up = Upstream::build("ejection-unit-test", &c).expect("valid");
+        up.record(0, false, Verdict::Failure);
+        assert_eq!(up.peers_up(), [true, true], "one failure of two");
+        up.record(0, false, Verdict::Failure);
+        assert_eq!(up.peers_up(), [false, true]);
+        assert_eq!(up.ejection_changes(), 1);
+        for _ in 0..10 {
+            assert_eq!(
+                up.pick(b"", &[]),
+                Ok(Pick {
+                    peer: 1,
+                    trial: false
+                })
+            );
+        }
+        assert_eq!(up.pick(b"", &[1]), Err(NoPeer::AllTried));
+        std::thread::sleep(Duration::from_millis(60));
+        let trial = (0..4)
+            .map(|_| up.pick(b"", &[]).expect("peer"))
+            .find(|p| p.peer == 0)
+            .expect("the trial goes to the ejected peer");
+        assert!(trial.trial);
+        assert!(
+            (0..4).all(|_| up.pick(b"", &[]).map(|p| p.peer) == Ok(1)),
+            "one trial"
+        );
+        up.record(0, true, Verdict::Success);
+        assert_eq!(up.peers_up(), [true, true]);
     }
 
     #[test]
