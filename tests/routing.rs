@@ -435,3 +435,25 @@ fn bad_match_weights_and_outlier_settings_are_config_errors_with_positions() {
         );
     }
 }
+
+/// conf/gateway.yaml shows every feature above; it must stay a valid config.
+#[test]
+fn the_reference_config_with_its_routing_examples_is_valid() {
+    let conf = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/gateway.yaml");
+    let text = std::fs::read_to_string(conf).expect("read conf/gateway.yaml");
+    for example in ["match:", "weight: 9", "outlier:"] {
+        assert!(text.contains(example), "conf/gateway.yaml shows {example}");
+    }
+    let out = std::process::Command::new(BIN)
+        .args(["--test", "-c", conf])
+        .env("WEB_API_KEY", "reference-key")
+        .env("GATEWAY_SECRET", "reference-secret")
+        .output()
+        .expect("run --test");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
