@@ -106,7 +106,9 @@ fn route_of(gw: &Gateway, target: &str, headers: &[(&str, &str)]) -> (String, St
 fn header_and_query_conditions_pick_the_route_more_conditions_win() {
     let (v1, v2, me) = (named("v1"), named("v2"), named("me"));
     let gw = canary_gateway(&v1, &v2, &me);
-    let cases: [(&str, &[(&str, &str)], &str); 9] = [
+    /// A request target, its headers, and the route it must take.
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 9] = [
         ("/users/1", &[], "users"),
         // Header names ignore case; values are exact and case-sensitive.
         ("/users/1", &[("X-API-VERSION", "2")], "users-v2"),

@@ -123,7 +123,7 @@ pub fn condition_header(
     if header == http::header::HOST {
         return Err("match the host with the route's `host`, not a header condition".into());
     }
-    if &header == key_header && *want != Want::Present {
+    if header == key_header && *want != Want::Present {
         return Err(format!(
             "only \"*\" may be asked of the API-key header {name:?}: keys belong in `consumers`"
         ));

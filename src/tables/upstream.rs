@@ -514,9 +514,10 @@ fn health_registry(name: &str, settings: CheckSettings) -> Arc<HealthRegistry> {
 /// The ejection state of upstream `name`: one per process for as long as its
 /// peers and policy stay the same, as with [`health_registry`].
 fn ejections(name: &str, policy: outlier::Policy, peers: &[Peer]) -> Arc<Ejections> {
+    /// Upstream name → what its state was made for, and the state.
     type Key = (outlier::Policy, Vec<SocketAddr>);
-    static EJECTIONS: LazyLock<Mutex<HashMap<String, (Key, Arc<Ejections>)>>> =
-        LazyLock::new(Default::default);
+    type Kept = HashMap<String, (Key, Arc<Ejections>)>;
+    static EJECTIONS: LazyLock<Mutex<Kept>> = LazyLock::new(Default::default);
     let key: Key = (policy, peers.iter().map(|p| p.addr).collect());
     let mut all = EJECTIONS.lock().unwrap_or_else(|p| p.into_inner());
     if let Some((_, kept)) = all.get(name).filter(|(k, _)| *k == key) {
