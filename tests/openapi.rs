@@ -91,3 +91,18 @@ fn the_document_validates_and_describes_the_routes() {
     let doc = get(gw.admin, "/openapi.json", &[]).json();
     assert!(doc["paths"]["/orders"]["get"].is_object());
 }
+
+/// Routes with `match` conditions share a path with others (SPEC §8.3): the
+/// document stays valid, one operation per path and method (the first route's).
+#[test]
+fn routes_with_match_conditions_keep_the_document_valid() {
+    let backend = Backend::echo();
+    let canary = "  - { name: users-v2, path: /users, methods: [GET], upstream: users,\n      \
+                  match: { headers: { x-api-version: \"2\" }, query: { beta: \"*\" } } }\n";
+    let gw = Gateway::start(&config(&backend, canary));
+    let resp = get(gw.admin, "/openapi.json", &[]);
+    assert_eq!(resp.status, 200);
+    validate(&resp.body);
+    let doc = resp.json();
+    assert_eq!(doc["paths"]["/users"]["get"]["operationId"], "users_get");
+}
