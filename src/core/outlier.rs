@@ -89,7 +89,16 @@ impl Outliers {
 
     /// Notes how an attempt on peer `i` ended; `trial` says whether it was the
     /// peer's trial request. Returns whether the peer went out or came back in.
-    pub fn record(&mut self, i: usize, trial: bool, verdict: Verdict, now: Instant) -> bool {
+    /// `healthy` says which peers the active health check lets take traffic:
+    /// a peer is not ejected when no other healthy one would be left in.
+    pub fn record(
+        &mut self,
+        i: usize,
+        trial: bool,
+        verdict: Verdict,
+        now: Instant,
+        healthy: &dyn Fn(usize) -> bool,
+    ) -> bool {
         let Some(&state) = self.peers.get(i) else {
             return false;
         };
@@ -100,7 +109,7 @@ impl Outliers {
             }
             (State::In { failures }, false, Verdict::Failure) => {
                 let failures = failures.saturating_add(1);
-                if failures >= self.policy.consecutive_failures && self.others_in(i) {
+                if failures >= self.policy.consecutive_failures && self.others_in(i, healthy) {
                     self.peers[i] = State::Ejected {
                         until: now + self.policy.eject_for,
                     };
@@ -115,7 +124,7 @@ impl Outliers {
                 true
             }
             (State::OnTrial, true, Verdict::Failure) => {
-                if self.others_in(i) {
+                if self.others_in(i, healthy) {
                     self.peers[i] = State::Ejected {
                         until: now + self.policy.eject_for,
                     };
@@ -146,11 +155,11 @@ impl Outliers {
         !matches!(self.peers.get(i), Some(State::In { .. }) | None)
     }
 
-    fn others_in(&self, i: usize) -> bool {
+    fn others_in(&self, i: usize, healthy: &dyn Fn(usize) -> bool) -> bool {
         self.peers
             .iter()
             .enumerate()
-            .any(|(j, s)| j != i && matches!(s, State::In { .. }))
+            .any(|(j, s)| j != i && matches!(s, State::In { .. }) && healthy(j))
     }
 }
 
@@ -172,7 +181,7 @@ mod tests {
 
     fn fail(o: &mut Outliers, i: usize, times: u32, now: Instant) {
         for _ in 0..times {
-            o.record(i, false, Verdict::Failure, now);
+            o.record(i, false, Verdict::Failure, now, &|_| true);
         }
     }
 
@@ -192,7 +201,10 @@ mod tests {
         let mut o = outliers(3, 2);
         fail(&mut o, 0, 2, t0);
         assert_eq!(o.admit(0, t0), Admit::Yes);
-        assert!(o.record(0, false, Verdict::Failure, t0), "the third ejects");
+        assert!(
+            o.record(0, false, Verdict::Failure, t0, &|_| true),
+            "the third ejects"
+        );
         assert!(o.is_ejected(0));
         assert_eq!(o.admit(0, t0), Admit::No);
         assert_eq!(o.admit(0, t0 + EJECT - Duration::from_millis(1)), Admit::No);
@@ -205,7 +217,7 @@ mod tests {
         let t0 = Instant::now();
         let mut o = outliers(3, 2);
         fail(&mut o, 0, 2, t0);
-        o.record(0, false, Verdict::Success, t0);
+        o.record(0, false, Verdict::Success, t0, &|_| true);
         fail(&mut o, 0, 2, t0);
         assert!(!o.is_ejected(0), "never three in a row");
     }
@@ -220,7 +232,7 @@ mod tests {
         o.start_trial(0);
         assert_eq!(o.admit(0, later), Admit::No, "only one trial request");
         assert!(o.is_ejected(0), "out until the trial succeeds");
-        assert!(o.record(0, true, Verdict::Success, later));
+        assert!(o.record(0, true, Verdict::Success, later, &|_| true));
         assert!(!o.is_ejected(0));
         assert_eq!(o.admit(0, later), Admit::Yes);
     }
@@ -232,7 +244,7 @@ mod tests {
         fail(&mut o, 0, 5, t0);
         let later = t0 + EJECT;
         o.start_trial(0);
-        o.record(0, true, Verdict::Failure, later);
+        o.record(0, true, Verdict::Failure, later, &|_| true);
         assert!(o.is_ejected(0), "one failure, not five");
         assert_eq!(o.admit(0, later + EJECT / 2), Admit::No);
         assert_eq!(o.admit(0, later + EJECT), Admit::Trial, "a new window");
@@ -255,6 +267,18 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_is_not_ejected_when_the_others_in_are_unhealthy() {
+        let t0 = Instant::now();
+        let mut o = outliers(1, 3);
+        let only_0_healthy = |j: usize| j == 0;
+        // Peers 1 and 2 are down by the health check: 0 is the last one usable.
+        o.record(0, false, Verdict::Failure, t0, &only_0_healthy);
+        assert!(!o.is_ejected(0));
+        o.record(0, false, Verdict::Failure, t0, &|_| true);
+        assert!(o.is_ejected(0), "with healthy peers left, it goes out");
+    }
+
+    #[test]
     fn a_peer_on_trial_does_not_count_as_in() {
         let t0 = Instant::now();
         let mut o = outliers(1, 2);
@@ -263,7 +287,7 @@ mod tests {
         fail(&mut o, 1, 3, t0 + EJECT);
         assert!(!o.is_ejected(1), "peer 0 is not back yet: 1 is the last in");
         // Peer 0's trial fails while 1 is the only one in: 0 stays out.
-        o.record(0, true, Verdict::Failure, t0 + EJECT);
+        o.record(0, true, Verdict::Failure, t0 + EJECT, &|_| true);
         assert!(o.is_ejected(0));
     }
 
@@ -273,13 +297,13 @@ mod tests {
         let mut o = outliers(1, 2);
         fail(&mut o, 0, 1, t0);
         assert!(
-            !o.record(0, false, Verdict::Success, t0),
+            !o.record(0, false, Verdict::Success, t0, &|_| true),
             "sent before the ejection"
         );
         assert!(o.is_ejected(0));
         o.start_trial(0);
         assert!(
-            !o.record(0, false, Verdict::Success, t0 + EJECT),
+            !o.record(0, false, Verdict::Success, t0 + EJECT, &|_| true),
             "not the trial"
         );
         assert!(o.is_ejected(0));

@@ -265,6 +265,7 @@ impl Upstream {
             .iter()
             .enumerate()
             .map(|(i, p)| {
+                // Not `is_healthy`: one `get_backend` for every peer.
                 let healthy = all
                     .iter()
                     .find(|b| b.addr.as_inet() == Some(&p.addr))
@@ -370,9 +371,10 @@ impl Upstream {
         let Some(ejections) = &self.outliers else {
             return;
         };
+        let healthy = |j: usize| self.is_healthy(j);
         let (changed, ejected) = {
             let mut state = ejections.lock();
-            let changed = state.record(i, trial, verdict, Instant::now());
+            let changed = state.record(i, trial, verdict, Instant::now(), &healthy);
             (changed, state.is_ejected(i))
         };
         if changed {
@@ -385,6 +387,16 @@ impl Upstream {
                 log::info!("upstreams.{upstream}: peer {peer} back in after its trial request");
             }
         }
+    }
+
+    /// Whether the active health check lets peer `i` take traffic.
+    fn is_healthy(&self, i: usize) -> bool {
+        let backends = self.backends();
+        backends
+            .get_backend()
+            .iter()
+            .find(|b| b.addr.as_inet() == Some(&self.peers[i].addr))
+            .is_some_and(|b| backends.ready(b))
     }
 
     /// The trial request of peer `i` ended without a verdict.
@@ -654,6 +666,33 @@ mod tests {
         );
         up.record(0, true, Verdict::Success);
         assert_eq!(up.peers_up(), [true, true]);
+    }
+
+    #[test]
+    fn ejection_state_outlives_a_rebuild_with_the_same_peers_and_policy() {
+        let mut c = conf(&["127.0.0.1:1", "127.0.0.1:2"], config::Balance::RoundRobin);
+        c.outlier = Some(config::Outlier {
+            consecutive_failures: Spanned::new(1, Default::default()),
+            eject_for: Spanned::new(Duration::from_secs(60), Default::default()),
+        });
+        let before = Upstream::build("ejection-reload-test", &c).expect("valid");
+        before.record(0, false, Verdict::Failure);
+        let reloaded = Upstream::build("ejection-reload-test", &c).expect("valid");
+        assert_eq!(
+            reloaded.peers_up(),
+            [false, true],
+            "still out after a reload"
+        );
+        c.outlier = Some(config::Outlier {
+            consecutive_failures: Spanned::new(2, Default::default()),
+            eject_for: Spanned::new(Duration::from_secs(60), Default::default()),
+        });
+        let changed = Upstream::build("ejection-reload-test", &c).expect("valid");
+        assert_eq!(
+            changed.peers_up(),
+            [true, true],
+            "a new policy starts afresh"
+        );
     }
 
     #[test]
