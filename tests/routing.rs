@@ -80,6 +80,8 @@ fn canary_gateway(v1: &Backend, v2: &Backend, me: &Backend) -> Gateway {
          \x20     match: {{ headers: {{ X-Api-Version: \"2\" }}, query: {{ beta: \"*\" }} }} }}\n\
          \x20 - {{ name: users-v2, path: /users, upstream: v2, auth: none,\n\
          \x20     match: {{ headers: {{ x-api-version: \"2\" }} }} }}\n\
+         \x20 - {{ name: users-blue, path: /users, upstream: v2, auth: none, match: {{ headers: {{ x-flavour: Blue }} }} }}\n\
+         \x20 - {{ name: users-flag, path: /users, upstream: v2, auth: none, match: {{ headers: {{ x-flag: \"*\" }} }} }}\n\
          \x20 - {{ name: users, path: /users, upstream: v1, auth: none }}\n\
          \x20 - {{ name: me, path: /users/me, upstream: me, auth: none }}\n",
         config_head(),
@@ -108,7 +110,11 @@ fn header_and_query_conditions_pick_the_route_more_conditions_win() {
     let gw = canary_gateway(&v1, &v2, &me);
     /// A request target, its headers, and the route it must take.
     type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
-    let cases: [Case; 9] = [
+    let cases: [Case; 13] = [
+        ("/users/1", &[("x-flavour", "Blue")], "users-blue"),
+        ("/users/1", &[("x-flavour", "blue")], "users"),
+        ("/users/1", &[("x-flag", "")], "users-flag"),
+        ("/users/1", &[("X-Flag", "anything")], "users-flag"),
         ("/users/1", &[], "users"),
         // Header names ignore case; values are exact and case-sensitive.
         ("/users/1", &[("X-API-VERSION", "2")], "users-v2"),
