@@ -2,7 +2,9 @@
 //!
 //! Patterns are stored in a segment trie, so a lookup walks the request's path
 //! segments once and only meets the routes that could match; its cost grows with
-//! the path's depth, not with the number of routes.
+//! the path's depth, not with the number of routes. A route's `match`
+//! conditions ([`crate::core::route_match`]) are judged only for a candidate
+//! that would outrank the best found so far.
 
 use crate::core::route_match::Conditions;
 use http::{HeaderMap, Method};
