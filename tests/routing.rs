@@ -377,6 +377,29 @@ fn a_connect_error_counts_against_its_peer_though_the_retry_succeeded() {
 }
 
 #[test]
+fn an_ejection_outlives_a_reload_that_keeps_the_upstream() {
+    let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let b = named("b");
+    let gw = outlier_gateway(&[dead, b.addr], 1);
+    let mut client = Client::new(gw.addr);
+    for _ in 0..6 {
+        assert_eq!(served_by(&client.get("/x")), "b");
+    }
+    wait_for(Duration::from_secs(2), "dead ejected", || {
+        peer_up(&gw, dead) == 0.0
+    });
+    let reload = gw.post_reload();
+    assert_eq!(reload.status, 200, "{}", reload.text());
+    let refused = "portcullis_upstream_errors_total{kind=\"connect\",route=\"r\",upstream=\"u\"}";
+    let before = gw.metric(refused);
+    for _ in 0..6 {
+        assert_eq!(served_by(&client.get("/x")), "b");
+    }
+    assert_eq!(gw.metric(refused), before, "still skipped after the reload");
+    assert_eq!(peer_up(&gw, dead), 0.0);
+}
+
+#[test]
 fn an_upstream_timeout_counts_as_a_failure() {
     let slow = Backend::start(|_| Answer::json(200, "{}").after(Duration::from_millis(400)));
     let b = named("b");

@@ -696,6 +696,24 @@ mod tests {
     }
 
     #[test]
+    fn least_connections_skips_an_ejected_peer() {
+        let mut c = conf(
+            &["127.0.0.1:1", "127.0.0.1:2"],
+            config::Balance::LeastConnections,
+        );
+        c.outlier = Some(config::Outlier {
+            consecutive_failures: Spanned::new(1, Default::default()),
+            eject_for: Spanned::new(Duration::from_secs(60), Default::default()),
+        });
+        let up = Upstream::build("ejection-least-connections-test", &c).expect("valid");
+        up.acquire(1);
+        assert_eq!(up.pick_peer(b"", &[]), Ok(0), "the idle one");
+        up.record(0, false, Verdict::Failure);
+        assert_eq!(up.pick_peer(b"", &[]), Ok(1), "busier, but the only one in");
+        assert_eq!(up.pick_peer(b"", &[1]), Err(NoPeer::AllTried));
+    }
+
+    #[test]
     fn least_connections_prefers_the_idle_peer() {
         let up = Upstream::build(
             "u",
