@@ -13,6 +13,7 @@
 pub mod admit;
 pub mod answer;
 pub mod attempt;
+pub mod cors;
 pub mod ctx;
 pub mod fan_out;
 mod headers;
@@ -58,6 +59,9 @@ impl ProxyHttp for Portcullis {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.identify(session);
+        if cors::answer_preflight(session, ctx).await? {
+            return Ok(true);
+        }
         if let Err(refusal) = admit::admit_request(session, ctx).await {
             answer::refuse(session, ctx, refusal).await?;
             return Ok(true);
@@ -157,11 +161,12 @@ impl ProxyHttp for Portcullis {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        answer::rewrite_upstream_answer(upstream_response, ctx)
+        answer::rewrite_upstream_answer(upstream_response, ctx)?;
+        cors::stamp(upstream_response, ctx, session.req_header())
     }
 
     async fn fail_to_proxy(
