@@ -202,17 +202,16 @@ impl Policy {
     }
 
     /// The headers an answer to an actual request carries: for an allowed
-    /// origin and method, `access-control-allow-origin` (with credentials and
-    /// exposed headers); for any other, none of those.
-    pub fn actual(
-        &self,
-        origin: Option<&HeaderValue>,
-        method: &Method,
-    ) -> Vec<(HeaderName, HeaderValue)> {
+    /// origin, `access-control-allow-origin` (with credentials and exposed
+    /// headers); for any other, none of those. The method does not matter:
+    /// one the policy does not allow got here without a preflight (a simple
+    /// GET or POST) or was refused by the route (405), and the page may read
+    /// why.
+    pub fn actual(&self, origin: Option<&HeaderValue>) -> Vec<(HeaderName, HeaderValue)> {
         let Some(origin) = origin else {
             return Vec::new();
         };
-        if !self.allows_origin(origin.as_bytes()) || !self.allows_method(method) {
+        if !self.allows_origin(origin.as_bytes()) {
             return Vec::new();
         }
         let mut out = vec![(ACCESS_CONTROL_ALLOW_ORIGIN, self.allow_origin(origin))];
@@ -233,7 +232,6 @@ impl Policy {
         &self,
         resp: &mut H,
         origin: Option<&HeaderValue>,
-        method: &Method,
     ) -> Result<(), H::Error> {
         let theirs: Vec<HeaderName> = resp
             .headers()
@@ -244,7 +242,7 @@ impl Policy {
         for name in &theirs {
             resp.remove(name);
         }
-        for (name, value) in self.actual(origin, method) {
+        for (name, value) in self.actual(origin) {
             resp.insert(name, value)?;
         }
         add_vary_origin(resp)
@@ -435,7 +433,7 @@ mod tests {
         let origin = v("https://whoever.example");
         let headers = policy.preflight(&origin, &Method::GET, None).expect("ok");
         assert_eq!(get(&headers, "access-control-allow-origin"), Some("*"));
-        let actual = policy.actual(Some(&origin), &Method::GET);
+        let actual = policy.actual(Some(&origin));
         assert_eq!(get(&actual, "access-control-allow-origin"), Some("*"));
 
         let mut credentialed = spec();
@@ -474,7 +472,7 @@ mod tests {
     fn actual_requests_get_allow_origin_and_expose_only_when_allowed() {
         let policy = Policy::new(&spec());
         let origin = v("https://app.example.com");
-        let actual = policy.actual(Some(&origin), &Method::GET);
+        let actual = policy.actual(Some(&origin));
         assert_eq!(
             get(&actual, "access-control-allow-origin"),
             Some("https://app.example.com")
@@ -484,10 +482,9 @@ mod tests {
             Some("x-request-id, ratelimit-remaining")
         );
         assert!(policy
-            .actual(Some(&v("https://evil.example.com")), &Method::GET)
+            .actual(Some(&v("https://evil.example.com")))
             .is_empty());
-        assert!(policy.actual(Some(&origin), &Method::DELETE).is_empty());
-        assert!(policy.actual(None, &Method::GET).is_empty());
+        assert!(policy.actual(None).is_empty());
     }
 
     #[test]
@@ -499,9 +496,7 @@ mod tests {
         resp.insert(ACCESS_CONTROL_ALLOW_METHODS, v("PUT"));
         resp.insert(VARY, v("accept-encoding"));
         let origin = v("https://app.example.com");
-        policy
-            .stamp(&mut resp, Some(&origin), &Method::GET)
-            .expect("stamped");
+        policy.stamp(&mut resp, Some(&origin)).expect("stamped");
         assert_eq!(resp[ACCESS_CONTROL_ALLOW_ORIGIN], "https://app.example.com");
         assert!(resp.get(ACCESS_CONTROL_ALLOW_METHODS).is_none());
         assert_eq!(resp[VARY], "accept-encoding, origin");
@@ -510,7 +505,7 @@ mod tests {
         resp.insert(ACCESS_CONTROL_ALLOW_ORIGIN, v("*"));
         resp.insert(VARY, v("Origin"));
         policy
-            .stamp(&mut resp, Some(&v("https://evil.example")), &Method::GET)
+            .stamp(&mut resp, Some(&v("https://evil.example")))
             .expect("stamped");
         assert!(resp.get(ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
         assert_eq!(resp[VARY], "Origin");

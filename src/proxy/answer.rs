@@ -18,8 +18,23 @@ pub async fn refuse(session: &mut Session, ctx: &mut RequestCtx, refusal: Refusa
     write(session, ctx, &reply, None, true).await
 }
 
-/// Answers a CORS preflight: `reply` holds its `access-control-*` headers.
-pub async fn preflight(session: &mut Session, ctx: &RequestCtx, reply: &Reply) -> Result<()> {
+/// Refuses a CORS preflight: the refusal without any `access-control-allow-*`
+/// header (a refused preflight allows nothing), `vary: origin` kept.
+pub async fn refuse_preflight(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    refusal: Refusal,
+) -> Result<()> {
+    ctx.error = Some(refusal.code());
+    let reply = refusal
+        .reply(&ctx.request_id, ctx.gateway.auth_header.as_str())
+        .header(http::header::VARY, http::HeaderValue::from_static("origin"));
+    write(session, ctx, &reply, None, false).await
+}
+
+/// Answers with one of the gateway's own answers that no route shapes: a
+/// CORS preflight's (`reply` holds its `access-control-*` headers), the docs page.
+pub async fn plain(session: &mut Session, ctx: &RequestCtx, reply: &Reply) -> Result<()> {
     write(session, ctx, reply, None, false).await
 }
 

@@ -68,9 +68,11 @@ pub async fn answer_preflight(session: &mut Session, ctx: &mut RequestCtx) -> Re
         Ok(headers) => {
             let mut reply = Reply::new(204);
             reply.headers = headers;
-            answer::preflight(session, ctx, &reply).await?;
+            answer::plain(session, ctx, &reply).await?;
         }
-        Err(denial) => answer::refuse(session, ctx, Refusal::CorsRejected(denial)).await?,
+        Err(denial) => {
+            answer::refuse_preflight(session, ctx, Refusal::CorsRejected(denial)).await?
+        }
     }
     Ok(true)
 }
@@ -90,5 +92,5 @@ pub fn stamp(resp: &mut ResponseHeader, ctx: &RequestCtx, req: &RequestHeader) -
     let Some(policy) = route.and_then(|i| gw.routes[i].cors.as_ref()) else {
         return Ok(());
     };
-    policy.stamp(resp, req.headers.get(ORIGIN), &req.method)
+    policy.stamp(resp, req.headers.get(ORIGIN))
 }

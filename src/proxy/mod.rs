@@ -15,6 +15,7 @@ pub mod answer;
 pub mod attempt;
 pub mod cors;
 pub mod ctx;
+pub mod docs;
 pub mod fan_out;
 mod headers;
 pub mod record;
@@ -47,6 +48,8 @@ pub struct Portcullis {
     pub log_format: LogFormat,
     /// Fetches aggregate routes' parts over its own pooled connections.
     pub fan_out: FanOut,
+    /// The OpenAPI document of the docs page at `docs.path`.
+    pub openapi: docs::OpenApi,
 }
 
 #[async_trait]
@@ -59,7 +62,9 @@ impl ProxyHttp for Portcullis {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.identify(session);
-        if cors::answer_preflight(session, ctx).await? {
+        if docs::answer(session, ctx, self.openapi).await?
+            || cors::answer_preflight(session, ctx).await?
+        {
             return Ok(true);
         }
         if let Err(refusal) = admit::admit_request(session, ctx).await {
