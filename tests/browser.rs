@@ -67,10 +67,10 @@ fn dump_dom(url: &str) -> String {
         .stdin(Stdio::null())
         .spawn()
         .expect("start chromium (bash .ci/setup installs it)");
-    assert!(
-        wait_or_kill(&mut child, Duration::from_secs(60)),
-        "chromium --dump-dom {url} took over 60 s"
-    );
+    let finished = wait_or_kill(&mut child, Duration::from_secs(60));
+    // The profile has seen pages holding the test key: not kept.
+    let _ = std::fs::remove_dir_all(dir.join("profile"));
+    assert!(finished, "chromium --dump-dom {url} took over 60 s");
     std::fs::read_to_string(&out_path).unwrap_or_default()
 }
 
@@ -193,6 +193,7 @@ call("with-key", {{ "x-api-key": "{KEY}" }}).then(() => call("without-key", {{}}
 /// The DevTools protocol over `--remote-debugging-pipe`.
 struct DevTools {
     child: Child,
+    profile: std::path::PathBuf,
     to_browser: std::fs::File,
     from_browser: BufReader<std::fs::File>,
     next_id: u64,
@@ -228,6 +229,7 @@ impl DevTools {
         let from_browser = BufReader::new(std::fs::File::open(&from).expect("open the pipe back"));
         DevTools {
             child,
+            profile: dir.join("profile"),
             to_browser,
             from_browser,
             next_id: 1,
@@ -289,6 +291,8 @@ impl Drop for DevTools {
         if !wait_or_kill(&mut self.child, Duration::from_secs(10)) {
             eprintln!("chromium did not close: killed");
         }
+        // The profile has seen the test key typed in: not kept.
+        let _ = std::fs::remove_dir_all(&self.profile);
     }
 }
 
