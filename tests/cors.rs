@@ -394,3 +394,21 @@ fn without_docs_path_the_public_listener_has_no_docs_page() {
     assert_eq!(backend.last().target, "/docs", "the route's, proxied");
     assert_eq!(get(gw.admin, "/docs", &[]).status, 200);
 }
+
+#[test]
+fn the_reference_config_shows_cors_and_docs_and_is_valid() {
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/gateway.yaml");
+    let text = std::fs::read_to_string(file).expect("conf/gateway.yaml");
+    assert!(text.contains("\n    cors:\n") && text.contains("\ndocs:\n"));
+    let out = Command::new(BIN)
+        .args(["-c", file, "--test"])
+        .env("WEB_API_KEY", "reference-key")
+        .env("GATEWAY_SECRET", "reference-secret")
+        .output()
+        .expect("run --test");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
