@@ -297,8 +297,8 @@ impl Drop for DevTools {
 }
 
 /// Clicks through the docs page as a person would: Authorize with the key,
-/// open `GET /users/{id}`, "Try it out", id 1, Execute; resolves to the live
-/// response's status and body.
+/// open operation `__OP__`, "Try it out", `id` 1 when it has one, Execute;
+/// resolves to the live response's status, body and the URL called.
 const TRY_IT_OUT: &str = r#"
 (async () => {
   const sleep = ms => new Promise(r => setTimeout(r, ms));
@@ -308,7 +308,7 @@ const TRY_IT_OUT: &str = r#"
       if (found) return found;
       await sleep(50);
     }
-    const op = document.getElementById("operations-default-user_get");
+    const op = document.getElementById("operations-default-__OP__");
     throw new Error("not found on the docs page: " + what + "; the operation shows: " + (op ? op.innerText.slice(0, 2000) : "nothing"));
   };
   const type = (input, text) => {
@@ -324,10 +324,11 @@ const TRY_IT_OUT: &str = r#"
   (await waitFor("its Authorize", () => button(dialog, "Authorize"))).click();
   (await waitFor("Close", () => button(document, "Close"))).click();
 
-  const op = await waitFor("GET /users/{id}", () => document.getElementById("operations-default-user_get"));
+  const op = await waitFor("__OP__", () => document.getElementById("operations-default-__OP__"));
   (op.querySelector("button.opblock-summary-control") || op.querySelector(".opblock-summary")).click();
   (await waitFor("Try it out", () => op.querySelector("button.try-out__btn"))).click();
-  type(await waitFor("the id field", () => op.querySelector("tr[data-param-name='id'] input")), "1");
+  const id = op.querySelector("tr[data-param-name='id'] input");
+  if (id) type(id, "1");
   // Swagger UI debounces parameter fields before it takes their value.
   // Until it took the value, Execute only says the field is required: again.
   const live = () => op.querySelector(".live-responses-table .response .response-col_status");
@@ -344,6 +345,39 @@ const TRY_IT_OUT: &str = r#"
 
 /// Routes of several shapes; `/users/{id}` has `cors` for the admin
 /// listener's origin (`{admin}` is filled in by `Gateway::start`).
+/// Opens the docs page at `url` in a browser and tries operation `op` out
+/// (see [`TRY_IT_OUT`]).
+fn try_it_out(url: &str, op: &str, key: &str) -> Value {
+    let mut browser = DevTools::start();
+    let target = browser.call(None, "Target.createTarget", json!({ "url": url }));
+    let target_id = target["targetId"].as_str().expect("a target").to_string();
+    let attached = browser.call(
+        None,
+        "Target.attachToTarget",
+        json!({"targetId": target_id, "flatten": true}),
+    );
+    let session = attached["sessionId"]
+        .as_str()
+        .expect("a session")
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let loaded = browser.evaluate(
+            &session,
+            "document.readyState === 'complete' && location.pathname === '/docs'",
+        );
+        if loaded == json!(true) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the docs page did not load");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    browser.evaluate(
+        &session,
+        &TRY_IT_OUT.replace("__KEY__", key).replace("__OP__", op),
+    )
+}
+
 fn docs_config(backend: &Backend) -> String {
     format!(
         "{head}upstreams:\n  users: {{ peers: [\"{peer}\"] }}\nroutes:\n\
@@ -393,35 +427,7 @@ fn try_it_out_on_the_docs_page_calls_the_public_listener_with_the_key() {
     let backend = echo_users();
     let gw = Gateway::start(&docs_config(&backend));
     let admin = gw.admin;
-    let mut browser = DevTools::start();
-    let target = browser.call(
-        None,
-        "Target.createTarget",
-        json!({"url": format!("http://{admin}/docs")}),
-    );
-    let target_id = target["targetId"].as_str().expect("a target").to_string();
-    let attached = browser.call(
-        None,
-        "Target.attachToTarget",
-        json!({"targetId": target_id, "flatten": true}),
-    );
-    let session = attached["sessionId"]
-        .as_str()
-        .expect("a session")
-        .to_string();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let loaded = browser.evaluate(
-            &session,
-            "document.readyState === 'complete' && location.pathname === '/docs'",
-        );
-        if loaded == json!(true) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the docs page did not load");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let result = browser.evaluate(&session, &TRY_IT_OUT.replace("__KEY__", KEY));
+    let result = try_it_out(&format!("http://{admin}/docs"), "user_get", KEY);
     assert_eq!(result["status"], "200", "{result}");
     assert!(
         result["body"].as_str().is_some_and(|b| b.contains("Ada")),
@@ -451,4 +457,44 @@ fn try_it_out_on_the_docs_page_calls_the_public_listener_with_the_key() {
             .any(|l| l["method"] == "GET" && l["status"] == 200 && l["consumer"] == "web"),
         "{log:?}"
     );
+}
+
+#[test]
+fn the_demos_docs_page_tries_its_routes_out() {
+    let (listen, admin) = (free_port(), free_port());
+    let dir = temp_dir("demo-docs");
+    let mut demo = Command::new(BIN)
+        .args(["demo", "--listen", &format!("127.0.0.1:{listen}")])
+        .args(["--admin", &format!("127.0.0.1:{admin}")])
+        .stdout(std::fs::File::create(dir.join("stdout.log")).expect("log file"))
+        .stderr(std::fs::File::create(dir.join("stderr.log")).expect("log file"))
+        .spawn()
+        .expect("start the demo");
+    let admin_addr: SocketAddr = format!("127.0.0.1:{admin}").parse().expect("addr");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !send_raw(
+        admin_addr,
+        b"GET /readyz HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+    )
+    .is_ok_and(|r| r.status == 200)
+    {
+        assert!(Instant::now() < deadline, "the demo did not get ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The demo's key, typed into Authorize as its banner says.
+    let result = try_it_out(
+        &format!("http://{admin_addr}/docs"),
+        "users_get",
+        "pk_demo_portcullis",
+    );
+    let _ = demo.kill();
+    let _ = demo.wait();
+    assert_eq!(result["status"], "200", "{result}");
+    assert!(
+        result["body"]
+            .as_str()
+            .is_some_and(|b| b.contains("Ada Lovelace")),
+        "{result}"
+    );
+    assert_eq!(result["url"], format!("http://127.0.0.1:{listen}/users"));
 }
