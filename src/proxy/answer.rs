@@ -18,22 +18,27 @@ pub async fn refuse(session: &mut Session, ctx: &mut RequestCtx, refusal: Refusa
     write(session, ctx, &reply, None, true).await
 }
 
-/// Refuses a CORS preflight: the refusal without any `access-control-allow-*`
-/// header (a refused preflight allows nothing), `vary: origin` kept.
-pub async fn refuse_preflight(
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-    refusal: Refusal,
-) -> Result<()> {
-    ctx.error = Some(refusal.code());
-    let reply = refusal
-        .reply(&ctx.request_id, ctx.gateway.auth_header.as_str())
-        .header(http::header::VARY, http::HeaderValue::from_static("origin"));
-    write(session, ctx, &reply, None, false).await
+/// Answers a CORS preflight on a route with `cors` (`cors::judge_preflight`):
+/// 204 with its allow headers, or the refusal without any
+/// `access-control-allow-*` header (a refused preflight allows nothing) and
+/// with `vary: origin`. `false`: not one; the request goes on.
+pub async fn preflight(session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    let reply = match super::cors::judge_preflight(session, ctx) {
+        None => return Ok(false),
+        Some(Ok(reply)) => reply,
+        Some(Err(refusal)) => {
+            ctx.error = Some(refusal.code());
+            refusal
+                .reply(&ctx.request_id, ctx.gateway.auth_header.as_str())
+                .header(http::header::VARY, http::HeaderValue::from_static("origin"))
+        }
+    };
+    write(session, ctx, &reply, None, false).await?;
+    Ok(true)
 }
 
-/// Answers with one of the gateway's own answers that no route shapes: a
-/// CORS preflight's (`reply` holds its `access-control-*` headers), the docs page.
+/// Answers with one of the gateway's own answers that no route shapes (the
+/// docs page): no route rules, no CORS headers.
 pub async fn plain(session: &mut Session, ctx: &RequestCtx, reply: &Reply) -> Result<()> {
     write(session, ctx, reply, None, false).await
 }

@@ -1,10 +1,9 @@
 //! CORS on the request path (SPEC §8.4): a preflight is answered before the
 //! method check and admission, and every answer on a route with `cors` gets
 //! the actual request's `access-control-*` headers. The policy itself is
-//! `core::cors`; this finds the route whose policy decides, and writes.
+//! `core::cors`; this finds the route whose policy decides. `answer` writes.
 
 use super::admit::RequestFacts;
-use super::answer;
 use super::ctx::RequestCtx;
 use super::record;
 use crate::core::cors;
@@ -35,28 +34,21 @@ pub fn cors_route(gw: &Gateway, method: &Method, path: &str, host: Option<&str>)
     }
 }
 
-/// Answers a CORS preflight on a route with `cors`: 204 with the allow
-/// headers, or 403 `cors_rejected`. `false`: not a preflight, or no route
-/// with `cors` takes it (then it is an ordinary `OPTIONS` request).
-pub async fn answer_preflight(session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+/// Judges a CORS preflight on a route with `cors` (and counts it in the
+/// route's metrics): the 204 with its allow headers, or the refusal (403
+/// `cors_rejected`). `None`: not a preflight, or no route with `cors` takes
+/// it (then it is an ordinary `OPTIONS` request). `answer::preflight` writes it.
+pub fn judge_preflight(session: &Session, ctx: &mut RequestCtx) -> Option<Result<Reply, Refusal>> {
     let req = session.req_header();
-    let Some(asked) = cors::preflight_method(&req.method, &req.headers) else {
-        return Ok(false);
-    };
+    let asked = cors::preflight_method(&req.method, &req.headers)?;
     let gw = ctx.gateway.clone();
     let facts = RequestFacts::of(req, &gw.auth_header);
     if head::check_path(facts.path).is_err() {
-        return Ok(false); // admission refuses it
+        return None; // admission refuses it
     }
-    let Some(route) = cors_route(&gw, &asked, facts.path, facts.host) else {
-        return Ok(false);
-    };
-    let Some(policy) = gw.routes[route].cors.as_ref() else {
-        return Ok(false);
-    };
-    let Some(origin) = req.headers.get(ORIGIN) else {
-        return Ok(false);
-    };
+    let route = cors_route(&gw, &asked, facts.path, facts.host)?;
+    let policy = gw.routes[route].cors.as_ref()?;
+    let origin = req.headers.get(ORIGIN)?;
     let decision = policy.preflight(
         origin,
         &asked,
@@ -64,17 +56,14 @@ pub async fn answer_preflight(session: &mut Session, ctx: &mut RequestCtx) -> Re
     );
     ctx.route = Some(route);
     record::enter(ctx);
-    match decision {
+    Some(match decision {
         Ok(headers) => {
             let mut reply = Reply::new(204);
             reply.headers = headers;
-            answer::plain(session, ctx, &reply).await?;
+            Ok(reply)
         }
-        Err(denial) => {
-            answer::refuse_preflight(session, ctx, Refusal::CorsRejected(denial)).await?
-        }
-    }
-    Ok(true)
+        Err(denial) => Err(Refusal::CorsRejected(denial)),
+    })
 }
 
 /// Stamps an answer with the actual request's CORS headers when its route

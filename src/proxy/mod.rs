@@ -1,12 +1,14 @@
 //! The Pingora `ProxyHttp` implementation. Each phase says in a line or two
 //! what it does and calls the one module that does it:
 //!
-//! - `request_filter`: who asks ([`ctx`]), may they ([`admit`]), then answer
-//!   a refusal or a route's own answer ([`answer`], [`fan_out`]) or go on;
+//! - `request_filter`: who asks ([`ctx`]); the docs page at `docs.path`
+//!   ([`docs`]) and CORS preflights ([`cors`], [`answer`]) come first; may
+//!   they ([`admit`]), then answer a refusal or a route's own answer
+//!   ([`answer`], [`fan_out`]) or go on;
 //! - `upstream_peer`, `fail_to_connect`, `error_while_proxy`,
 //!   `upstream_request_filter`, the body filters: the upstream attempt
 //!   ([`upstream`], on the kit shared with fan-out, [`attempt`]);
-//! - `response_filter`: the answer's headers ([`answer`]);
+//! - `response_filter`: the answer's headers ([`answer`], CORS: [`cors`]);
 //! - `fail_to_proxy`: the refusal an error carries, answered ([`answer`]);
 //! - `logging`: metrics and the access-log line ([`record`]).
 
@@ -63,7 +65,7 @@ impl ProxyHttp for Portcullis {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.identify(session);
         if docs::answer(session, ctx, self.openapi).await?
-            || cors::answer_preflight(session, ctx).await?
+            || answer::preflight(session, ctx).await?
         {
             return Ok(true);
         }
