@@ -412,3 +412,27 @@ fn the_reference_config_shows_cors_and_docs_and_is_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_reload_brings_in_a_new_cors_policy_and_docs_path() {
+    let backend = backend();
+    let plain = one_route_config(&[backend.addr], "", "");
+    let gw = Gateway::start(&plain);
+    assert_eq!(
+        preflight(&gw, "/x", APP, "GET", "x-api-key").status,
+        401,
+        "no cors yet: an ordinary OPTIONS, which needs a key"
+    );
+    let with_cors = one_route_config(
+        &[backend.addr],
+        "",
+        &format!("cors: {{ origins: [\"{APP}\"], headers: [x-api-key] }}"),
+    );
+    gw.rewrite_config(&format!("{with_cors}docs: {{ path: /docs }}\n"));
+    assert_eq!(gw.post_reload().status, 200);
+    let resp = preflight(&gw, "/x", APP, "GET", "x-api-key");
+    assert_eq!(resp.status, 204, "{resp:?}");
+    assert_eq!(resp.header("access-control-allow-origin"), Some(APP));
+    assert_eq!(get(gw.addr, "/docs", &[]).status, 200);
+    assert!(backend.requests().is_empty());
+}
