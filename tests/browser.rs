@@ -339,7 +339,8 @@ const TRY_IT_OUT: &str = r#"
   const status = await waitFor("the live response", live);
   const body = op.querySelector(".live-responses-table .response-col_description pre, .live-responses-table .microlight");
   const url = op.querySelector(".request-url pre");
-  return { status: status.textContent.trim(), body: body ? body.textContent : "", url: url ? url.textContent : "" };
+  const loaded = performance.getEntriesByType("resource").map(e => e.name);
+  return { status: status.textContent.trim(), body: body ? body.textContent : "", url: url ? url.textContent : "", loaded };
 })()
 "#;
 
@@ -439,6 +440,17 @@ fn try_it_out_on_the_docs_page_calls_the_public_listener_with_the_key() {
         format!("http://{public}/users/1"),
         "to the public listener"
     );
+    // Everything the page fetched came from the admin listener (the page,
+    // its assets, the document) or the public one (the call): no other host.
+    let loaded = result["loaded"].as_array().expect("resource entries");
+    assert!(loaded.len() >= 4, "{loaded:?}");
+    for url in loaded.iter().filter_map(Value::as_str) {
+        assert!(
+            url.starts_with(&format!("http://{admin}/docs/"))
+                || url.starts_with(&format!("http://{public}/")),
+            "fetched from elsewhere: {url}"
+        );
+    }
     let reached = backend.last();
     assert_eq!(reached.target, "/users/1");
     assert_eq!(
