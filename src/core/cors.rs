@@ -233,14 +233,13 @@ impl Policy {
         resp: &mut H,
         origin: Option<&HeaderValue>,
     ) -> Result<(), H::Error> {
-        let theirs: Vec<HeaderName> = resp
-            .headers()
-            .keys()
-            .filter(|n| n.as_str().starts_with("access-control-"))
-            .cloned()
-            .collect();
-        for name in &theirs {
-            resp.remove(name);
+        let is_cors = |n: &&HeaderName| n.as_str().starts_with("access-control-");
+        // Most upstreams send none: no list is made for them.
+        if resp.headers().keys().any(|n| is_cors(&n)) {
+            let theirs: Vec<HeaderName> = resp.headers().keys().filter(is_cors).cloned().collect();
+            for name in &theirs {
+                resp.remove(name);
+            }
         }
         for (name, value) in self.actual(origin) {
             resp.insert(name, value)?;
