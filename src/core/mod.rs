@@ -6,6 +6,8 @@
 pub mod aggregate;
 pub mod auth;
 pub mod config;
+pub mod cors;
+pub mod docs;
 pub mod forward;
 pub mod head;
 pub mod limit;

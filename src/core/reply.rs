@@ -128,6 +128,8 @@ pub enum Refusal {
     GatewayTimeout,
     #[error("the gateway failed to handle the request")]
     Internal,
+    #[error("cross-origin request refused by the route's CORS policy: {0}")]
+    CorsRejected(crate::core::cors::Denial),
 }
 
 impl Refusal {
@@ -147,6 +149,7 @@ impl Refusal {
             Refusal::NoHealthyUpstream => 503,
             Refusal::GatewayTimeout => 504,
             Refusal::Internal => 500,
+            Refusal::CorsRejected(_) => 403,
         }
     }
 
@@ -168,6 +171,7 @@ impl Refusal {
             Refusal::NoHealthyUpstream => "no_healthy_upstream",
             Refusal::GatewayTimeout => "gateway_timeout",
             Refusal::Internal => "internal_error",
+            Refusal::CorsRejected(_) => "cors_rejected",
         }
     }
 

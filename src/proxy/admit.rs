@@ -50,6 +50,18 @@ impl<'a> RequestFacts<'a> {
             headers: &req.headers,
         }
     }
+
+    /// What the router looks at, for `method` (the request's own, or the one
+    /// a CORS preflight announces).
+    pub fn for_router<'m>(&'m self, method: &'m Method) -> router::Request<'m> {
+        router::Request {
+            method,
+            path: self.path,
+            host: self.host,
+            query: self.query,
+            headers: self.headers,
+        }
+    }
 }
 
 /// Admits a request into the gateway (SPEC §4 order: route, key, body size,
@@ -114,13 +126,7 @@ pub fn admit(gw: &Gateway, request: &RequestFacts<'_>) -> Admission {
     if head::check_path(request.path).is_err() {
         return Admission::refused(None, None, Refusal::BadRequest);
     }
-    let lookup = gw.route(&router::Request {
-        method: request.method,
-        path: request.path,
-        host: request.host,
-        query: request.query,
-        headers: request.headers,
-    });
+    let lookup = gw.route(&request.for_router(request.method));
     let route_index = match lookup {
         Lookup::Found(i) => i,
         Lookup::MethodNotAllowed(allow) => {

@@ -15,26 +15,56 @@ use pingora_proxy::Session;
 pub async fn refuse(session: &mut Session, ctx: &mut RequestCtx, refusal: Refusal) -> Result<()> {
     ctx.error = Some(refusal.code());
     let reply = refusal.reply(&ctx.request_id, ctx.gateway.auth_header.as_str());
-    write(session, ctx, &reply, None).await
+    write(session, ctx, &reply, None, true).await
+}
+
+/// Answers a CORS preflight on a route with `cors` (`cors::judge_preflight`):
+/// 204 with its allow headers, or the refusal without any
+/// `access-control-allow-*` header (a refused preflight allows nothing) and
+/// with `vary: origin`. `false`: not one; the request goes on.
+pub async fn preflight(session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    let reply = match super::cors::judge_preflight(session, ctx) {
+        None => return Ok(false),
+        Some(Ok(reply)) => reply,
+        Some(Err(refusal)) => {
+            ctx.error = Some(refusal.code());
+            refusal
+                .reply(&ctx.request_id, ctx.gateway.auth_header.as_str())
+                .header(http::header::VARY, http::HeaderValue::from_static("origin"))
+        }
+    };
+    write(session, ctx, &reply, None, false).await?;
+    Ok(true)
+}
+
+/// Answers with one of the gateway's own answers that no route shapes (the
+/// docs page): no route rules, no CORS headers.
+pub async fn plain(session: &mut Session, ctx: &RequestCtx, reply: &Reply) -> Result<()> {
+    write(session, ctx, reply, None, false).await
 }
 
 /// Answers with a route's own answer (`respond:`, an aggregate's merged JSON):
 /// the route's `response_headers` apply to it as to an upstream's.
 pub async fn route_answer(session: &mut Session, ctx: &RequestCtx, reply: &Reply) -> Result<()> {
     let rules = ctx.route().map(|r| &r.response_headers);
-    write(session, ctx, reply, rules).await
+    write(session, ctx, reply, rules, true).await
 }
 
 /// Writes one whole answer: its headers, the route's rules, `content-length`,
-/// `x-request-id` and the rate-limit headers, then its body.
+/// `x-request-id` and the rate-limit headers, the route's CORS headers
+/// (`cors`: not on a preflight's answer, which has its own), then its body.
 async fn write(
     session: &mut Session,
     ctx: &RequestCtx,
     reply: &Reply,
     rules: Option<&HeaderRules>,
+    cors: bool,
 ) -> Result<()> {
     let mut resp = ResponseHeader::build(reply.status, Some(reply.headers.len() + 5))?;
-    resp.insert_header(CONTENT_LENGTH, reply.body.len())?;
+    // A 204 has no content-length (RFC 9110 §8.6).
+    if reply.status != 204 {
+        resp.insert_header(CONTENT_LENGTH, reply.body.len())?;
+    }
     for (name, value) in &reply.headers {
         resp.insert_header(name.clone(), value.clone())?;
     }
@@ -42,6 +72,9 @@ async fn write(
         rules.apply(&mut resp)?;
     }
     stamp_answer(&mut resp, &ctx.request_id, ctx.rate)?;
+    if cors {
+        super::cors::stamp(&mut resp, ctx, session.req_header())?;
+    }
     if reply.close || !session.is_body_empty() {
         // Unread request bytes must not be parsed as the next request.
         session.set_keepalive(None);

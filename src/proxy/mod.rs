@@ -1,19 +1,23 @@
 //! The Pingora `ProxyHttp` implementation. Each phase says in a line or two
 //! what it does and calls the one module that does it:
 //!
-//! - `request_filter`: who asks ([`ctx`]), may they ([`admit`]), then answer
-//!   a refusal or a route's own answer ([`answer`], [`fan_out`]) or go on;
+//! - `request_filter`: who asks ([`ctx`]); the docs page at `docs.path`
+//!   ([`docs`]) and CORS preflights ([`cors`], [`answer`]) come first; may
+//!   they ([`admit`]), then answer a refusal or a route's own answer
+//!   ([`answer`], [`fan_out`]) or go on;
 //! - `upstream_peer`, `fail_to_connect`, `error_while_proxy`,
 //!   `upstream_request_filter`, the body filters: the upstream attempt
 //!   ([`upstream`], on the kit shared with fan-out, [`attempt`]);
-//! - `response_filter`: the answer's headers ([`answer`]);
+//! - `response_filter`: the answer's headers ([`answer`], CORS: [`cors`]);
 //! - `fail_to_proxy`: the refusal an error carries, answered ([`answer`]);
 //! - `logging`: metrics and the access-log line ([`record`]).
 
 pub mod admit;
 pub mod answer;
 pub mod attempt;
+pub mod cors;
 pub mod ctx;
+pub mod docs;
 pub mod fan_out;
 mod headers;
 pub mod record;
@@ -46,6 +50,8 @@ pub struct Portcullis {
     pub log_format: LogFormat,
     /// Fetches aggregate routes' parts over its own pooled connections.
     pub fan_out: FanOut,
+    /// The OpenAPI document of the docs page at `docs.path`.
+    pub openapi: docs::OpenApi,
 }
 
 #[async_trait]
@@ -58,6 +64,11 @@ impl ProxyHttp for Portcullis {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.identify(session);
+        if docs::answer(session, ctx, self.openapi).await?
+            || answer::preflight(session, ctx).await?
+        {
+            return Ok(true);
+        }
         if let Err(refusal) = admit::admit_request(session, ctx).await {
             answer::refuse(session, ctx, refusal).await?;
             return Ok(true);
@@ -157,11 +168,12 @@ impl ProxyHttp for Portcullis {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        answer::rewrite_upstream_answer(upstream_response, ctx)
+        answer::rewrite_upstream_answer(upstream_response, ctx)?;
+        cors::stamp(upstream_response, ctx, session.req_header())
     }
 
     async fn fail_to_proxy(

@@ -1,7 +1,9 @@
 //! The admin listener (SPEC §5): `GET /metrics`, `/healthz`, `/readyz`,
-//! `/openapi.json`, and `POST /reload`. It has no authentication of its own: keep it on loopback or
-//! a private network.
+//! `/openapi.json`, `/docs` (the API docs page, §8.4), and `POST /reload`.
+//! It has no authentication of its own: keep it on loopback or a private
+//! network.
 
+use crate::core::docs;
 use crate::core::reply::Reply;
 use crate::runtime::openapi;
 use crate::runtime::reload::Reloader;
@@ -14,6 +16,7 @@ use http::{HeaderValue, Method, Response, StatusCode};
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use serde_json::json;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -27,6 +30,10 @@ pub struct AdminApp {
     pub ready: Arc<AtomicBool>,
     /// Reloads the config file; `None` when there is none (the demo).
     pub reloader: Option<Arc<Reloader>>,
+    /// The public listeners (and which speak TLS), for the OpenAPI document's
+    /// `servers`: "try it out" on the docs page calls them.
+    pub listen: Vec<SocketAddr>,
+    pub tls_listen: Vec<SocketAddr>,
 }
 
 fn reply_json(status: StatusCode, body: serde_json::Value) -> Response<Vec<u8>> {
@@ -38,6 +45,24 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response<Vec<u8>> {
 }
 
 impl AdminApp {
+    /// `/openapi.json`, with `servers` as the browser asking can reach them.
+    fn openapi(&self, host_header: Option<&str>) -> Response<Vec<u8>> {
+        let servers = openapi::public_servers(&self.listen, &self.tls_listen, host_header);
+        let doc = openapi::with_servers(openapi::document(&self.tables.load()), &servers);
+        reply_json(StatusCode::OK, doc)
+    }
+
+    /// The docs page and its assets under `/docs`.
+    fn docs(&self, item: docs::Item, host_header: Option<&str>) -> Response<Vec<u8>> {
+        match item {
+            docs::Item::OpenApi => self.openapi(host_header),
+            _ => match docs::reply(docs::ADMIN_BASE, item) {
+                Some(reply) => reply.into_response(),
+                None => error(StatusCode::NOT_FOUND, "not_found", "no such docs asset"),
+            },
+        }
+    }
+
     /// `POST /reload`: as SIGHUP; 200 `{"result":"ok"}`, or 400 with every error.
     async fn reload(&self) -> Response<Vec<u8>> {
         let Some(reloader) = &self.reloader else {
@@ -68,6 +93,14 @@ impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
         let (method, path) = (req.method.clone(), req.uri.path().to_string());
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string);
+        if let Some(item) = docs::item(docs::ADMIN_BASE, &path) {
+            return self.docs(item, host.as_deref());
+        }
         match (path.as_str(), method) {
             ("/reload", Method::POST) => self.reload().await,
             ("/reload", _) => error(
@@ -79,9 +112,7 @@ impl ServeHttp for AdminApp {
                 .header(CONTENT_TYPE, HeaderValue::from_static(PROMETHEUS_TEXT))
                 .body(metrics::render())
                 .into_response(),
-            ("/openapi.json", _) => {
-                reply_json(StatusCode::OK, openapi::document(&self.tables.load()))
-            }
+            ("/openapi.json", _) => self.openapi(host.as_deref()),
             ("/healthz", _) => reply_json(StatusCode::OK, json!({"status": "ok"})),
             ("/readyz", _) if self.ready.load(Ordering::Acquire) => reply_json(
                 StatusCode::OK,
@@ -94,7 +125,7 @@ impl ServeHttp for AdminApp {
             _ => error(
                 StatusCode::NOT_FOUND,
                 "not_found",
-                "the admin listener serves /metrics, /healthz, /readyz, /openapi.json and POST /reload",
+                "the admin listener serves /metrics, /healthz, /readyz, /openapi.json, /docs and POST /reload",
             ),
         }
     }

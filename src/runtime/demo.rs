@@ -183,7 +183,8 @@ pub fn run(listen: SocketAddr, admin: SocketAddr) -> Result<(), String> {
     println!(
         "Portcullis demo
   gateway        {gw}
-  admin          http://{admin}   (/metrics, /healthz, /readyz)
+  admin          http://{admin}   (/metrics, /healthz, /readyz, /openapi.json)
+  API docs       http://{admin}/docs   (and {gw}/docs; Authorize with the key, then try it out)
   user service   http://{users}   (refuses requests without the gateway secret)
   order service  http://{orders}
   API key        {DEMO_API_KEY}

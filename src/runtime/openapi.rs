@@ -9,6 +9,7 @@ use crate::core::router::{Pattern, Segment};
 use crate::tables::{Gateway, Route, Target};
 use http::Method;
 use serde_json::{json, Map, Value};
+use std::net::SocketAddr;
 
 /// The methods a route without `methods` is listed under.
 const ANY_METHOD: [Method; 7] = [
@@ -156,6 +157,48 @@ pub fn document(gw: &Gateway) -> Value {
     })
 }
 
+/// The document with `servers`: where "try it out" on the docs page sends
+/// requests.
+pub fn with_servers(mut doc: Value, servers: &[String]) -> Value {
+    doc["servers"] = servers.iter().map(|url| json!({"url": url})).collect();
+    doc
+}
+
+/// The document as the public listener's docs page shows it: its server is
+/// that listener (`/`, relative to the document).
+pub fn for_public_docs(gw: &Gateway) -> Value {
+    with_servers(document(gw), &["/".to_string()])
+}
+
+/// The public listeners' base URLs as a browser that reached the admin
+/// listener by `host_header` can call them: a listener on a wildcard address
+/// (`0.0.0.0`, `::`) is reached by the host name the browser used.
+pub fn public_servers(
+    listen: &[SocketAddr],
+    tls_listen: &[SocketAddr],
+    host_header: Option<&str>,
+) -> Vec<String> {
+    let host = host_header
+        .and_then(|h| h.parse::<http::uri::Authority>().ok())
+        .map_or_else(|| "localhost".to_string(), |a| a.host().to_string());
+    let url = |addr: &SocketAddr| {
+        let scheme = if tls_listen.contains(addr) {
+            "https"
+        } else {
+            "http"
+        };
+        if addr.ip().is_unspecified() {
+            format!("{scheme}://{host}:{}", addr.port())
+        } else {
+            format!("{scheme}://{addr}")
+        }
+    };
+    // Plain listeners first: the one "try it out" picks by default.
+    let (tls, plain): (Vec<&SocketAddr>, Vec<&SocketAddr>) =
+        listen.iter().partition(|a| tls_listen.contains(a));
+    plain.into_iter().chain(tls).map(url).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,5 +247,34 @@ mod tests {
         assert_eq!(health["security"], json!([]));
         assert!(health["responses"]["200"].is_object());
         assert!(health["responses"]["401"].is_null());
+    }
+
+    #[test]
+    fn servers_point_at_the_public_listeners() {
+        let addr = |s: &str| s.parse::<SocketAddr>().expect("addr");
+        let listen = [
+            addr("0.0.0.0:8443"),
+            addr("127.0.0.1:8000"),
+            addr("[::]:8001"),
+        ];
+        let tls = [addr("0.0.0.0:8443")];
+        assert_eq!(
+            public_servers(&listen, &tls, Some("gw.internal:9100")),
+            [
+                "http://127.0.0.1:8000",
+                "http://gw.internal:8001",
+                "https://gw.internal:8443"
+            ]
+        );
+        assert_eq!(
+            public_servers(&listen[2..], &[], Some("[::1]:9100")),
+            ["http://[::1]:8001"]
+        );
+        assert_eq!(
+            public_servers(&listen[2..], &[], Some("bad host/")),
+            ["http://localhost:8001"]
+        );
+        let gw = gateway("  - { name: users, path: /users, upstream: u }\n");
+        assert_eq!(for_public_docs(&gw)["servers"], json!([{"url": "/"}]));
     }
 }

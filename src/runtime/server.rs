@@ -99,6 +99,8 @@ pub fn assemble(
             tables: tables.clone(),
             ready: ready.clone(),
             reloader: reloader.clone(),
+            listen: plan.listen.clone(),
+            tls_listen: plan.tls_listen.clone(),
         },
     );
     admin.add_tcp(&plan.admin.to_string());
@@ -159,6 +161,7 @@ fn proxy_service(
         tables: tables.clone(),
         log_format: plan.log_format,
         fan_out,
+        openapi: crate::runtime::openapi::for_public_docs,
     };
     let mut proxy = pingora_proxy::http_proxy(&server.configuration, portcullis);
     // HTTP/1 heads are bounded in `connection.rs`; HTTP/2 header lists here,

@@ -4,6 +4,7 @@ use super::{Aggregate, ClientLimits, Gateway, Part, Route, Target};
 use crate::core::aggregate::{self, PartTemplate};
 use crate::core::auth::{hash_key, parse_key_hash, KeyStore};
 use crate::core::config::{self, Config, Cx};
+use crate::core::cors;
 use crate::core::forward::HeaderRules;
 use crate::core::limit::{self, LimitSpec, Limiter};
 use crate::core::reply::Reply;
@@ -43,6 +44,10 @@ pub(super) fn gateway(cx: &mut Cx<'_>, config: &Config) -> Gateway {
         unrouted: RouteMetrics::new("none"),
         certificates: load_certificates(cx, config),
         client_limits: ClientLimits::from_config(config.limits.as_ref()),
+        docs_path: config
+            .docs
+            .as_ref()
+            .map(|d| d.path.value.trim_end_matches('/').to_string()),
     }
 }
 
@@ -215,6 +220,10 @@ fn build_routes(
             host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
             conditions: config::routing::conditions(r.matching.as_ref(), &key_header),
         });
+        let cors = r
+            .cors
+            .as_ref()
+            .map(|c| cors_policy(&c.value, methods.as_ref()));
         routes.push(Route {
             name: r.name.value.clone(),
             path: r.path.value.clone(),
@@ -240,9 +249,28 @@ fn build_routes(
                 let name = format!("route:{}", r.name.value);
                 (add_limit(limits, name, &l.value, by), by)
             }),
+            cors,
         });
     }
     (routes, route_specs)
+}
+
+/// A route's `cors`; without `methods` of its own, the route's methods.
+fn cors_policy(conf: &config::Cors, route_methods: Option<&Vec<Method>>) -> cors::Policy {
+    let names = |list: &Option<Vec<config::Spanned<HeaderName>>>| {
+        list.iter().flatten().map(|h| h.value.clone()).collect()
+    };
+    cors::Policy::new(&cors::Spec {
+        origins: conf.origins.value.iter().map(|o| o.value.clone()).collect(),
+        methods: match &conf.methods {
+            Some(m) => Some(m.value.iter().map(|m| m.value.clone()).collect()),
+            None => route_methods.cloned(),
+        },
+        headers: names(&conf.headers),
+        expose_headers: names(&conf.expose_headers),
+        credentials: conf.credentials.as_ref().is_some_and(|c| c.value),
+        max_age_secs: conf.max_age.map(|d| d.as_secs()),
+    })
 }
 
 /// A route's `request_headers` or `response_headers`.

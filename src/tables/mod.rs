@@ -78,6 +78,8 @@ pub struct Route {
     pub timeout: Option<Duration>,
     /// The route's own limit: its index in the limiter, and whom it counts.
     pub rate_limit: Option<(u32, config::LimitBy)>,
+    /// Which browser pages may call the route (`cors:`).
+    pub cors: Option<crate::core::cors::Policy>,
 }
 
 pub struct Gateway {
@@ -97,6 +99,9 @@ pub struct Gateway {
     /// TLS listeners' certificates, read with this config (a reload reads them again).
     pub certificates: Vec<(SocketAddr, Arc<CertifiedKey>)>,
     pub client_limits: ClientLimits,
+    /// Where the public listener serves the API docs page (`docs.path`,
+    /// without a trailing `/`); `None`: on the admin listener only.
+    pub docs_path: Option<String>,
 }
 
 /// What a client connection may take (`limits:`, SPEC §3), with the safe defaults.

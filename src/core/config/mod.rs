@@ -1,6 +1,7 @@
 //! Loading the YAML config: parse, decode, check cross-references; every error
 //! found in one pass, each with `file:line:col`, field path and message.
 
+mod browser;
 pub mod decode;
 pub mod error;
 pub mod routing;
@@ -151,6 +152,7 @@ fn validate(cx: &mut Cx<'_>, config: &Config) {
     let consumer_names = validate_consumers(cx, config);
     validate_routes(cx, config, &upstreams, &consumer_names);
     validate_store(cx, config);
+    browser::check_docs(cx, config);
 }
 
 /// The header clients send their key in (`auth.header`, default `x-api-key`).
@@ -382,6 +384,7 @@ fn validate_routes(
         if let Some(limit) = &route.rate_limit {
             check_rate_limit(cx, &format!("{path}.rate_limit"), &limit.value);
         }
+        browser::check_route_cors(cx, &path, route);
         if route.aggregate.is_some() {
             check_aggregate_route(cx, &path, route);
         } else if let Some(max) = &route.max_part_body {

@@ -25,6 +25,7 @@ pub struct Config {
     pub upstreams: Option<Table<Upstream>>,
     pub routes: Indexed<Route>,
     pub rate_limit: Option<RateLimitStore>,
+    pub docs: Option<Docs>,
 }
 decode_struct!(Config {
     listen,
@@ -38,7 +39,8 @@ decode_struct!(Config {
     consumers,
     upstreams,
     routes,
-    rate_limit
+    rate_limit,
+    docs
 });
 
 #[derive(Debug, Clone)]
@@ -274,6 +276,7 @@ pub struct Route {
     pub max_part_body: Option<Spanned<ByteSize>>,
     /// `match`: headers and query parameters the request must carry.
     pub matching: Option<Spanned<RouteMatch>>,
+    pub cors: Option<Spanned<Cors>>,
 }
 decode_struct!(Route {
     name,
@@ -294,7 +297,8 @@ decode_struct!(Route {
     respond,
     aggregate,
     max_part_body,
-    matching as "match"
+    matching as "match",
+    cors
 });
 
 /// `match: { headers: {...}, query: {...} }`; values are exact or `"*"`.
@@ -378,3 +382,32 @@ pub enum OnStoreError {
     Deny,
 }
 decode_enum!(OnStoreError { "allow" => Allow, "deny" => Deny });
+
+/// A route's `cors` (SPEC §8.4): who may call it from a browser page.
+#[derive(Debug, Clone)]
+pub struct Cors {
+    /// Serialized origins (`https://app.example.com`) or `"*"`.
+    pub origins: Spanned<Vec<Spanned<String>>>,
+    /// Omitted: the route's methods (any method when it has none).
+    pub methods: Option<Spanned<Vec<Spanned<Method>>>>,
+    /// Request headers a page may send (`"*"`: any); omitted: only safelisted ones.
+    pub headers: Option<Vec<Spanned<HeaderName>>>,
+    pub expose_headers: Option<Vec<Spanned<HeaderName>>>,
+    pub credentials: Option<Spanned<bool>>,
+    pub max_age: Option<Duration>,
+}
+decode_struct!(Cors {
+    origins,
+    methods,
+    headers,
+    expose_headers,
+    credentials,
+    max_age
+});
+
+/// `docs:`: the API docs page on the public listener too.
+#[derive(Debug, Clone)]
+pub struct Docs {
+    pub path: Spanned<String>,
+}
+decode_struct!(Docs { path });
