@@ -8,11 +8,15 @@
 //!   ([`upstream`], on the kit shared with fan-out, [`attempt`]);
 //! - `response_filter`: the answer's headers ([`answer`]);
 //! - `fail_to_proxy`: the refusal an error carries, answered ([`answer`]);
+//! - the cache phases (`request_cache_filter` to `should_serve_stale`): the
+//!   response cache on Pingora's ([`cache`], storage in [`cache_store`]);
 //! - `logging`: metrics and the access-log line ([`record`]).
 
 pub mod admit;
 pub mod answer;
 pub mod attempt;
+pub mod cache;
+pub mod cache_store;
 pub mod ctx;
 pub mod fan_out;
 mod headers;
@@ -28,6 +32,8 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use fan_out::FanOut;
+use pingora_cache::key::HashBinary;
+use pingora_cache::{CacheKey, CacheMeta, ForcedFreshness, HitHandler, RespCacheable};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -69,6 +75,54 @@ impl ProxyHttp for Portcullis {
             Some(Target::Upstream { .. }) | None => return Ok(false),
         }
         Ok(true)
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        cache::enable(session, ctx);
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
+        cache::key(session, ctx)
+    }
+
+    async fn cache_hit_filter(
+        &self,
+        _session: &mut Session,
+        _meta: &CacheMeta,
+        _hit_handler: &mut HitHandler,
+        is_fresh: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<ForcedFreshness>> {
+        cache::found(ctx, is_fresh);
+        Ok(None)
+    }
+
+    fn response_cache_filter(
+        &self,
+        _session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<RespCacheable> {
+        Ok(cache::cacheable(resp, ctx))
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        _ctx: &mut RequestCtx,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        cache::variance(meta, req)
+    }
+
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+        error: Option<&Error>,
+    ) -> bool {
+        cache::serve_stale(error)
     }
 
     async fn upstream_peer(
@@ -157,10 +211,11 @@ impl ProxyHttp for Portcullis {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        cache::stamp(session, upstream_response, ctx)?;
         answer::rewrite_upstream_answer(upstream_response, ctx)
     }
 

@@ -43,6 +43,7 @@ pub(super) fn gateway(cx: &mut Cx<'_>, config: &Config) -> Gateway {
         unrouted: RouteMetrics::new("none"),
         certificates: load_certificates(cx, config),
         client_limits: ClientLimits::from_config(config.limits.as_ref()),
+        cache: super::cache::limits(config),
     }
 }
 
@@ -238,6 +239,7 @@ fn build_routes(
                 let name = format!("route:{}", r.name.value);
                 (add_limit(limits, name, &l.value, by), by)
             }),
+            cache: super::cache::route(&r.name.value, r),
         });
     }
     (routes, route_specs)

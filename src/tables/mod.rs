@@ -2,6 +2,7 @@
 //! every request through an `Arc`, and swapped whole on reload.
 
 mod build;
+pub mod cache;
 pub mod certs;
 pub mod plan;
 pub mod upstream;
@@ -78,6 +79,8 @@ pub struct Route {
     pub timeout: Option<Duration>,
     /// The route's own limit: its index in the limiter, and whom it counts.
     pub rate_limit: Option<(u32, config::LimitBy)>,
+    /// The route's response cache, if it has one.
+    pub cache: Option<cache::RouteCache>,
 }
 
 pub struct Gateway {
@@ -97,6 +100,8 @@ pub struct Gateway {
     /// TLS listeners' certificates, read with this config (a reload reads them again).
     pub certificates: Vec<(SocketAddr, Arc<CertifiedKey>)>,
     pub client_limits: ClientLimits,
+    /// The response cache's bounds; `None`: nothing is cached.
+    pub cache: Option<cache::CacheLimits>,
 }
 
 /// What a client connection may take (`limits:`, SPEC §3), with the safe defaults.

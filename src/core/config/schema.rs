@@ -24,6 +24,7 @@ pub struct Config {
     pub upstreams: Option<Table<Upstream>>,
     pub routes: Indexed<Route>,
     pub rate_limit: Option<RateLimitStore>,
+    pub cache: Option<Spanned<CacheConf>>,
 }
 decode_struct!(Config {
     listen,
@@ -37,7 +38,8 @@ decode_struct!(Config {
     consumers,
     upstreams,
     routes,
-    rate_limit
+    rate_limit,
+    cache
 });
 
 #[derive(Debug, Clone)]
@@ -218,6 +220,7 @@ pub struct Route {
     pub respond: Option<Respond>,
     pub aggregate: Option<Spanned<Table<AggregatePart>>>,
     pub max_part_body: Option<Spanned<ByteSize>>,
+    pub cache: Option<Spanned<RouteCache>>,
 }
 decode_struct!(Route {
     name,
@@ -237,7 +240,8 @@ decode_struct!(Route {
     timeout,
     respond,
     aggregate,
-    max_part_body
+    max_part_body,
+    cache
 });
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -313,3 +317,31 @@ pub enum OnStoreError {
     Deny,
 }
 decode_enum!(OnStoreError { "allow" => Allow, "deny" => Deny });
+
+/// The top-level `cache:` (SPEC §8.2): the in-memory store all routes share.
+#[derive(Debug, Clone)]
+pub struct CacheConf {
+    pub max_size: Option<Spanned<ByteSize>>,
+    pub max_object: Option<Spanned<ByteSize>>,
+}
+decode_struct!(CacheConf {
+    max_size,
+    max_object
+});
+
+/// A route's `cache:` (SPEC §8.2).
+#[derive(Debug, Clone)]
+pub struct RouteCache {
+    pub ttl: Option<Duration>,
+    pub vary: Option<Vec<HeaderName>>,
+    pub per_consumer: Option<bool>,
+    pub stale_while_revalidate: Option<Duration>,
+    pub stale_if_error: Option<Duration>,
+}
+decode_struct!(RouteCache {
+    ttl,
+    vary,
+    per_consumer,
+    stale_while_revalidate,
+    stale_if_error
+});
