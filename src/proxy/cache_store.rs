@@ -34,6 +34,9 @@ use tokio::sync::watch;
 /// A key's storage slot: the cache key's combined (primary + variance) hash.
 type Slot = u128;
 
+/// route -> slot -> path: what a purge by route or path drops.
+type Index = HashMap<Box<str>, HashMap<Slot, Box<str>>>;
+
 fn slot(key: &CompactCacheKey) -> Slot {
     u128::from_be_bytes(key.combined_bin())
 }
@@ -124,8 +127,7 @@ pub struct CacheStore {
     fills: RwLock<HashMap<Slot, Vec<Fill>>>,
     /// How many fills are in progress: lookups skip the map's lock at zero.
     filling: AtomicUsize,
-    /// route -> slot -> path, for purges.
-    index: Mutex<HashMap<Box<str>, HashMap<Slot, Box<str>>>>,
+    index: Mutex<Index>,
     next_write: AtomicU64,
     /// Bytes per unit of TinyUFO weight (a `u16`): an entry of `max_object`
     /// bytes must weigh at most `u16::MAX`.
@@ -176,7 +178,7 @@ impl CacheStore {
         cache_metrics::families().size_bytes.set(size);
     }
 
-    fn index_lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, HashMap<Slot, Box<str>>>> {
+    fn index_lock(&self) -> std::sync::MutexGuard<'_, Index> {
         self.index.lock().unwrap_or_else(|p| p.into_inner())
     }
 
