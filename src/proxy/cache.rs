@@ -54,14 +54,14 @@ fn cache_lock() -> &'static CacheKeyLockImpl {
 
 /// `request_cache_filter`: GET and HEAD on a cached route use the cache; other
 /// methods there are counted as bypassing it.
-pub fn enable(session: &mut Session, ctx: &mut RequestCtx) {
+pub fn enable(session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
     let (Some(_), Some(store)) = (ctx.route().and_then(|r| r.cache.as_ref()), store()) else {
-        return;
+        return Ok(());
     };
     let method = &session.req_header().method;
     if *method != Method::GET && *method != Method::HEAD {
         ctx.cache = Some(Outcome::Bypass);
-        return;
+        return Ok(());
     }
     let mut overrides = CacheOptionOverrides::default();
     overrides.wait_timeout = Some(LOCK_WAIT);
@@ -70,6 +70,7 @@ pub fn enable(session: &mut Session, ctx: &mut RequestCtx) {
         .enable(store, None, None, Some(cache_lock()), Some(overrides));
     session.cache.set_max_file_size_bytes(store.max_object());
     ctx.cache = Some(Outcome::Miss { stored: false });
+    Ok(())
 }
 
 /// `cache_key_callback`: route, host, path and query, the consumer when the
@@ -111,8 +112,10 @@ pub fn key(session: &Session, ctx: &RequestCtx) -> Result<CacheKey> {
 }
 
 /// `response_cache_filter`: whether the upstream's answer is stored, and its
-/// freshness (SPEC §8.2, RFC 9111), as Pingora's `CacheMeta`.
-pub fn cacheable(resp: &ResponseHeader, ctx: &RequestCtx) -> RespCacheable {
+/// freshness (SPEC §8.2, RFC 9111), as Pingora's `CacheMeta`. Notes whether
+/// it replaces an expired entry (the phase says so only until it is judged).
+pub fn cacheable(session: &Session, resp: &ResponseHeader, ctx: &mut RequestCtx) -> RespCacheable {
+    ctx.cache_expired = session.cache.phase() == CachePhase::Expired;
     let Some(cache) = ctx.route().and_then(|r| r.cache.as_ref()) else {
         return RespCacheable::Uncacheable(NoCacheReason::NeverEnabled);
     };
@@ -153,11 +156,6 @@ pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
         }
     }
     builder.finalize()
-}
-
-/// `cache_hit_filter`: an entry was found, fresh or not.
-pub fn found(ctx: &mut RequestCtx, is_fresh: bool) {
-    ctx.cache_expired = !is_fresh;
 }
 
 /// `should_serve_stale`: within the entry's windows (Pingora checks them),

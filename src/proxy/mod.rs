@@ -33,7 +33,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use fan_out::FanOut;
 use pingora_cache::key::HashBinary;
-use pingora_cache::{CacheKey, CacheMeta, ForcedFreshness, HitHandler, RespCacheable};
+use pingora_cache::{CacheKey, CacheMeta, RespCacheable};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -78,33 +78,20 @@ impl ProxyHttp for Portcullis {
     }
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
-        cache::enable(session, ctx);
-        Ok(())
+        cache::enable(session, ctx)
     }
 
     fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
         cache::key(session, ctx)
     }
 
-    async fn cache_hit_filter(
-        &self,
-        _session: &mut Session,
-        _meta: &CacheMeta,
-        _hit_handler: &mut HitHandler,
-        is_fresh: bool,
-        ctx: &mut RequestCtx,
-    ) -> Result<Option<ForcedFreshness>> {
-        cache::found(ctx, is_fresh);
-        Ok(None)
-    }
-
     fn response_cache_filter(
         &self,
-        _session: &Session,
+        session: &Session,
         resp: &ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<RespCacheable> {
-        Ok(cache::cacheable(resp, ctx))
+        Ok(cache::cacheable(session, resp, ctx))
     }
 
     fn cache_vary_filter(
