@@ -376,7 +376,9 @@ fn rss_kib(pid: u32) -> u64 {
 fn memory_stays_under_max_size_while_ten_times_that_passes() {
     const MAX: u64 = 4 << 20;
     let body = "x".repeat(100 * 1024 - 2);
-    let backend = Backend::start(move |_| {
+    let big = "y".repeat(300 * 1024);
+    let backend = Backend::start(move |r| {
+        let body = if r.target == "/big" { &big } else { &body };
         Answer::json(200, &format!("\"{body}\"")).with_header("cache-control", "max-age=600")
     });
     let gw = Gateway::start(&config(
@@ -385,6 +387,12 @@ fn memory_stays_under_max_size_while_ten_times_that_passes() {
         "  - { name: r, path: /, upstream: u, auth: none, cache: { ttl: 600s } }\n",
     ));
     let pid = gw.child.id();
+    // Over max_object: passed through whole, not stored.
+    for _ in 0..2 {
+        let big = gw.get("/big", &[]);
+        assert_eq!((big.status, big.body.len()), (200, 300 * 1024 + 2));
+        assert_eq!(status_of(&big), "portcullis; fwd=miss");
+    }
     // Warm up the process's own buffers with as much traffic as the cache holds.
     for i in 0..40 {
         assert_eq!(gw.get(&format!("/warm/{i}"), &[]).status, 200);
@@ -500,5 +508,89 @@ fn a_route_cache_without_the_top_level_cache_is_an_error_with_its_position() {
             .contains("gateway.yaml:11:12: routes[0].cache: a route's `cache` needs the top-level"),
         "{}",
         checked.stderr
+    );
+}
+
+/// A backend answering every request with `chunks` x 64 KiB, one chunk each
+/// `gap`; returns its address and a count of the requests it took.
+fn slow_backend(chunks: usize, gap: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                let mut writer = stream;
+                loop {
+                    let mut line = String::new();
+                    // The head, up to its blank line.
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncache-control: max-age=60\r\n\r\n",
+                        chunks * 65536
+                    );
+                    if writer.write_all(head.as_bytes()).is_err() {
+                        return;
+                    }
+                    for i in 0..chunks {
+                        std::thread::sleep(gap);
+                        if writer.write_all(&[b'a' + i as u8; 65536]).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, count)
+}
+
+#[test]
+fn an_answer_is_streamed_to_its_first_client_while_it_is_stored() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    // 512 KiB in 8 pieces over 1.2 s.
+    let (backend, asked) = slow_backend(8, Duration::from_millis(150));
+    let gw = Gateway::start(&one_route(backend, "{ ttl: 60s }", ", auth: none"));
+    let started = Instant::now();
+    let mut first = std::net::TcpStream::connect(gw.addr).expect("connect");
+    first
+        .write_all(b"GET /slow HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n")
+        .expect("send");
+    let mut reader = BufReader::new(first);
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("status line");
+    let head_after = started.elapsed();
+    assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+    // A second client, while the first answer is still arriving: served from
+    // the fill, not from the upstream.
+    let second = gw.get("/slow", &[("host", "a")]);
+    let mut rest = Vec::new();
+    reader.read_to_end(&mut rest).expect("the rest");
+    let whole = started.elapsed();
+    assert!(
+        head_after < Duration::from_millis(700),
+        "the head came after {head_after:?} of {whole:?}: held back until stored"
+    );
+    let body: Vec<u8> = (0..8u8).flat_map(|i| [b'a' + i; 65536]).collect();
+    assert!(rest.ends_with(&body), "the first client's body");
+    assert_eq!(second.body, body, "the second client's body");
+    assert_eq!(status_of(&second), "portcullis; hit");
+    assert_eq!(asked.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        status_of(&gw.get("/slow", &[("host", "a")])),
+        "portcullis; hit"
     );
 }
