@@ -584,7 +584,7 @@ impl HandleMiss for FillWriter {
         };
         self.progress.send_modify(|p| p.done = true);
         let Some(fill) = fill else {
-            // Purged while it was being written: not stored.
+            // Only this writer ends its fill; defensive, should it be gone.
             return Ok(MissFinishType::Created(0));
         };
         let bytes = body.len() + fill.head.bytes() + self.path.len() + ENTRY_OVERHEAD;
