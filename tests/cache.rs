@@ -621,3 +621,38 @@ fn an_answer_is_streamed_to_its_first_client_while_it_is_stored() {
         "portcullis; hit"
     );
 }
+
+#[test]
+fn a_waiter_on_a_slow_fill_goes_upstream_itself_after_a_bounded_wait() {
+    let n = Arc::new(AtomicUsize::new(0));
+    let seen = n.clone();
+    // The first fetch takes 5 s; any later one answers at once.
+    let backend = Backend::start(move |_| {
+        let delay = if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+            5000
+        } else {
+            0
+        };
+        Answer::json(200, "\"x\"")
+            .with_header("cache-control", "max-age=60")
+            .after(Duration::from_millis(delay))
+    });
+    let gw = Gateway::start(&one_route(backend.addr, "{ ttl: 60s }", ", auth: none"));
+    let addr = gw.addr;
+    let first = std::thread::spawn(move || common::get(addr, "/slow-fill", &[]));
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let second = gw.get("/slow-fill", &[]);
+    let waited = started.elapsed();
+    assert_eq!(second.status, 200);
+    assert!(
+        waited >= Duration::from_millis(2500) && waited < Duration::from_millis(4500),
+        "the waiter gave up after {waited:?}, expected about 3 s"
+    );
+    assert_eq!(
+        n.load(Ordering::SeqCst),
+        2,
+        "the waiter went upstream itself"
+    );
+    assert_eq!(first.join().expect("first client").status, 200);
+}
