@@ -8,8 +8,14 @@
 # floor's row says what Pingora itself costs against nginx; Portcullis/floor
 # says what our code adds.
 #
+# The cache rows: the same job on a cached route (/cached, ~100% hits after the
+# first request) for Portcullis, beside nginx with proxy_cache doing the same
+# (key checked with the map, the consumer's key in the cache key, the cache in
+# a tmpfs directory under /dev/shm). Their ratios: portcullis_cache/portcullis
+# (a hit against the uncached route) and portcullis_cache/nginx_cache.
+#
 # Pinning: backend and the proxy under test share CPU 0 (one worker each), the
-# load generator runs on CPU 1. Bounded: 4 targets x 2 loads x SECS (default 5)
+# load generator runs on CPU 1. Bounded: 6 targets x 2 loads x SECS (default 5)
 # seconds, plus start-up. Stops only what it started.
 # Needs: nginx, wrk (Debian packages nginx-light, wrk) and a release build.
 source "$(dirname "$0")/lib.sh"
@@ -22,19 +28,38 @@ backend=$(free_port); gw=$(free_port); admin=$(free_port); ngx=$(free_port); flo
 start_backend "$backend" 0
 start_floor "$floor" "$backend" 0
 
-# Portcullis: one worker thread, the job and nothing else.
-bench_config "$gw" "$admin" "$backend" > "$work/portcullis.yaml"
+# Portcullis: one worker thread, the job and nothing else; plus the cached route.
+bench_config "$gw" "$admin" "$backend" "cache: { max_size: 64MiB }" > "$work/portcullis.yaml"
+echo "  - { name: cached, path: /cached, upstream: users, cache: { ttl: 600s } }" >> "$work/portcullis.yaml"
 start_portcullis "$gw" "$work/portcullis.yaml" 0
 
 # nginx doing the same job: the key checked with a map, the secret set, the
 # client's key removed, keep-alive to the backend.
+# Its cache lives in tmpfs, removed on exit with the rest.
+shm=$(mktemp -d -p /dev/shm portcullis-bench.XXXXXX)
+trap 'cleanup; rm -rf "$shm"' EXIT
 cat > "$work/nginx-gw.conf" <<NGINX
 worker_processes 1; daemon off; pid $work/nginx-gw.pid; error_log $work/nginx-gw.err;
 events { worker_connections 4096; }
 http { access_log off;
   map \$http_x_api_key \$key_ok { default 0; "bench-key" 1; }
   upstream users { server 127.0.0.1:$backend; keepalive 256; }
+  proxy_cache_path $shm levels=1:2 keys_zone=api:10m max_size=64m inactive=10m use_temp_path=off;
   server { listen 127.0.0.1:$ngx; keepalive_requests 100000;
+    location /cached {
+      if (\$key_ok = 0) { return 401 '{"error":"invalid_api_key"}'; }
+      proxy_cache api;
+      proxy_cache_key "\$host\$request_uri\$http_x_api_key";
+      proxy_cache_valid 200 600s;
+      proxy_cache_lock on;
+      add_header cache-status \$upstream_cache_status;
+      proxy_pass http://users;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header x-api-key "";
+      proxy_set_header x-gateway-secret "bench-secret";
+      proxy_set_header x-forwarded-for \$remote_addr;
+    }
     location /users {
       if (\$key_ok = 0) { return 401 '{"error":"invalid_api_key"}'; }
       proxy_pass http://users;
@@ -53,6 +78,14 @@ for port in "$gw" "$ngx" "$floor"; do
   ok=$(curl -s -o /dev/null -w '%{http_code}' -H 'x-api-key: bench-key' "http://127.0.0.1:$port/users/1")
   no=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/users/1")
   [ "$ok" = 200 ] && [ "$no" = 401 ] || { echo "port $port does not do the job ($ok/$no)" >&2; exit 1; }
+done
+# The cached route: filled by a first request, then a hit, still refused without the key.
+for port in "$gw" "$ngx"; do
+  curl -s -o /dev/null -H 'x-api-key: bench-key' "http://127.0.0.1:$port/cached/1"
+  hit=$(curl -s -D - -o /dev/null -H 'x-api-key: bench-key' "http://127.0.0.1:$port/cached/1" | tr -d '\r' | awk -F': ' 'tolower($1)=="cache-status" {print $2}')
+  no=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/cached/1")
+  case "$hit" in HIT|"portcullis; hit") ;; *) echo "port $port does not cache ($hit)" >&2; exit 1;; esac
+  [ "$no" = 401 ] || { echo "port $port serves the cache without a key ($no)" >&2; exit 1; }
 done
 
 # wrk with latency percentiles -> "req/s p50_ms p99_ms"
@@ -76,23 +109,30 @@ for conns in $LOADS; do
   result[nginx_$conns]=$(measure "http://127.0.0.1:$ngx/users/1" "$conns")
   result[floor_$conns]=$(measure "http://127.0.0.1:$floor/users/1" "$conns")
   result[portcullis_$conns]=$(measure "http://127.0.0.1:$gw/users/1" "$conns")
+  result[nginx_cache_$conns]=$(measure "http://127.0.0.1:$ngx/cached/1" "$conns")
+  result[portcullis_cache_$conns]=$(measure "http://127.0.0.1:$gw/cached/1" "$conns")
 done
 
-printf '%-12s %6s %12s %9s %9s %10s %10s %10s\n' target conns req/s p50_ms p99_ms "/nginx" "/direct" "/floor"
+printf '%-16s %6s %12s %9s %9s %10s %10s %10s\n' target conns req/s p50_ms p99_ms "/nginx" "/direct" "/floor"
 json="{\"tool\":\"wrk\",\"seconds\":$SECS"
 for conns in $LOADS; do
   read -r d_rps _ _ <<<"${result[direct_$conns]}"
   read -r n_rps _ _ <<<"${result[nginx_$conns]}"
   read -r f_rps _ _ <<<"${result[floor_$conns]}"
-  for target in direct nginx floor portcullis; do
+  for target in direct nginx floor portcullis nginx_cache portcullis_cache; do
     read -r rps p50 p99 <<<"${result[${target}_$conns]}"
-    printf '%-12s %6s %12s %9s %9s %10s %10s %10s\n' "$target" "$conns" "$rps" "$p50" "$p99" \
+    printf '%-16s %6s %12s %9s %9s %10s %10s %10s\n' "$target" "$conns" "$rps" "$p50" "$p99" \
       "$(ratio "$rps" "$n_rps")" "$(ratio "$rps" "$d_rps")" "$(ratio "$rps" "$f_rps")"
     json+=",\"${target}_${conns}\":{\"rps\":$rps,\"p50_ms\":$p50,\"p99_ms\":$p99}"
   done
   read -r p_rps _ _ <<<"${result[portcullis_$conns]}"
   json+=",\"ratio_nginx_$conns\":$(ratio "$p_rps" "$n_rps"),\"ratio_direct_$conns\":$(ratio "$p_rps" "$d_rps")"
   json+=",\"ratio_floor_$conns\":$(ratio "$p_rps" "$f_rps"),\"floor_ratio_nginx_$conns\":$(ratio "$f_rps" "$n_rps")"
+  read -r pc_rps _ _ <<<"${result[portcullis_cache_$conns]}"
+  read -r nc_rps _ _ <<<"${result[nginx_cache_$conns]}"
+  printf '%-16s %6s  hit/uncached %s  hit/nginx_cache %s\n' cache_ratios "$conns" \
+    "$(ratio "$pc_rps" "$p_rps")" "$(ratio "$pc_rps" "$nc_rps")"
+  json+=",\"cache_ratio_uncached_$conns\":$(ratio "$pc_rps" "$p_rps"),\"cache_ratio_nginx_cache_$conns\":$(ratio "$pc_rps" "$nc_rps")"
 done
 echo "$json}"
 

@@ -88,6 +88,8 @@ fn metrics_pass_promtool_and_hold_every_family() {
         "portcullis_build_info",
         "portcullis_connections_open",
         "portcullis_config_last_reload_success_timestamp_seconds",
+        "portcullis_cache_size_bytes",
+        "portcullis_cache_evictions_total",
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",
         "process_open_fds",

@@ -5,6 +5,7 @@
 
 pub mod aggregate;
 pub mod auth;
+pub mod cache;
 pub mod config;
 pub mod cors;
 pub mod docs;

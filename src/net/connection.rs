@@ -242,6 +242,7 @@ impl ClientConnections {
             bytes_out: reply.body.len() as u64,
             error: Some(refusal.code()),
             trace_id: None,
+            cache: None,
         }
         .render(self.log_format);
         access_log::write(line);

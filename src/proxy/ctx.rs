@@ -134,6 +134,10 @@ pub struct RequestCtx {
     /// Set once the request is counted in flight (process-wide, and in its
     /// route's `requests_in_flight`).
     pub in_flight: Option<InFlight>,
+    /// What the response cache did, on routes with one (`proxy::cache`).
+    pub cache: Option<crate::core::cache::Outcome>,
+    /// The entry found had expired (revalidated, replaced, or served stale).
+    pub cache_expired: bool,
 }
 
 impl RequestCtx {
@@ -160,6 +164,8 @@ impl RequestCtx {
             body_bytes: 0,
             error: None,
             in_flight: None,
+            cache: None,
+            cache_expired: false,
         }
     }
 

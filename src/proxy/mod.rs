@@ -10,12 +10,16 @@
 //!   ([`upstream`], on the kit shared with fan-out, [`attempt`]);
 //! - `response_filter`: the answer's headers ([`answer`], CORS: [`cors`]);
 //! - `fail_to_proxy`: the refusal an error carries, answered ([`answer`]);
+//! - the cache phases (`request_cache_filter` to `should_serve_stale`): the
+//!   response cache on Pingora's ([`cache`], storage in [`cache_store`]);
 //! - `logging`: metrics and the access-log line ([`record`]).
 
 pub mod admit;
 pub mod answer;
 pub mod attempt;
 pub mod cors;
+pub mod cache;
+pub mod cache_store;
 pub mod ctx;
 pub mod docs;
 pub mod fan_out;
@@ -32,6 +36,8 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use fan_out::FanOut;
+use pingora_cache::key::HashBinary;
+use pingora_cache::{CacheKey, CacheMeta, RespCacheable};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -80,6 +86,41 @@ impl ProxyHttp for Portcullis {
             Some(Target::Upstream { .. }) | None => return Ok(false),
         }
         Ok(true)
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        cache::enable(session, ctx)
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
+        cache::key(session, ctx)
+    }
+
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<RespCacheable> {
+        Ok(cache::cacheable(session, resp, ctx))
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        _ctx: &mut RequestCtx,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        cache::variance(meta, req)
+    }
+
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+        error: Option<&Error>,
+    ) -> bool {
+        cache::serve_stale(error)
     }
 
     async fn upstream_peer(
@@ -172,6 +213,7 @@ impl ProxyHttp for Portcullis {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        cache::stamp(session, upstream_response, ctx)?;
         answer::rewrite_upstream_answer(upstream_response, ctx)?;
         cors::stamp(upstream_response, ctx, session.req_header())
     }

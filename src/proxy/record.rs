@@ -41,6 +41,7 @@ pub fn record(session: &Session, ctx: &RequestCtx, log_format: LogFormat) {
     let bytes_out = session.body_bytes_sent() as u64;
 
     metrics.count_request(&req.method, status);
+    super::cache::count(ctx);
     metrics.duration.observe(elapsed.as_secs_f64());
     if ctx.in_flight.is_some() {
         metrics.in_flight.dec();
@@ -73,6 +74,7 @@ pub fn record(session: &Session, ctx: &RequestCtx, log_format: LogFormat) {
         bytes_out,
         error: ctx.error,
         trace_id: ctx.trace.as_ref().map(|t| t.trace_id()),
+        cache: ctx.cache.map(|c| c.log_label()),
     }
     .render(log_format);
     access_log::write(line);

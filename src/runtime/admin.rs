@@ -1,10 +1,11 @@
 //! The admin listener (SPEC §5): `GET /metrics`, `/healthz`, `/readyz`,
-//! `/openapi.json`, `/docs` (the API docs page, §8.4), and `POST /reload`.
-//! It has no authentication of its own: keep it on loopback or a private
-//! network.
+//! `/openapi.json`, `/docs` (the API docs page, §8.4), `POST /reload` and
+//! `POST /cache/purge`. It has no authentication of its own: keep it on
+//! loopback or a private network.
 
 use crate::core::docs;
 use crate::core::reply::Reply;
+use crate::runtime::cache_admin;
 use crate::runtime::openapi;
 use crate::runtime::reload::Reloader;
 use crate::tables::Gateway;
@@ -88,6 +89,19 @@ impl AdminApp {
     }
 }
 
+/// A small request body (`POST /cache/purge`), at most 64 KiB.
+async fn read_body(session: &mut ServerSession) -> Option<Vec<u8>> {
+    const MAX: usize = 64 * 1024;
+    let mut body = Vec::new();
+    while let Some(chunk) = session.read_request_body().await.ok()? {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX {
+            return None;
+        }
+    }
+    Some(body)
+}
+
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
@@ -103,6 +117,19 @@ impl ServeHttp for AdminApp {
         }
         match (path.as_str(), method) {
             ("/reload", Method::POST) => self.reload().await,
+            ("/cache/purge", Method::POST) => match read_body(session).await {
+                Some(body) => cache_admin::purge(&self.tables.load(), &body),
+                None => error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "the body could not be read, or is larger than 64 KiB",
+                ),
+            },
+            ("/cache/purge", _) => error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "purge with POST /cache/purge",
+            ),
             ("/reload", _) => error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
@@ -125,7 +152,7 @@ impl ServeHttp for AdminApp {
             _ => error(
                 StatusCode::NOT_FOUND,
                 "not_found",
-                "the admin listener serves /metrics, /healthz, /readyz, /openapi.json, /docs and POST /reload",
+                "the admin listener serves /metrics, /healthz, /readyz, /openapi.json, /docs, POST /reload and POST /cache/purge",
             ),
         }
     }

@@ -2,6 +2,7 @@
 //! listener, health checks, the OpenAPI document and the demo.
 
 pub mod admin;
+pub mod cache_admin;
 pub mod demo;
 pub mod health;
 pub mod openapi;

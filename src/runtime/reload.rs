@@ -4,6 +4,7 @@
 //! nothing. What only a restart can change is named in the log.
 
 use crate::core::config::ConfigErrors;
+use crate::runtime::cache_admin;
 use crate::tables::plan::Plan;
 use crate::tables::Gateway;
 use crate::telemetry::metrics;
@@ -65,6 +66,12 @@ impl Reloader {
                 "reload: `{field}` changed in {file} but needs a restart (or --upgrade) to take effect"
             );
         }
+        if !crate::proxy::cache::init_store(gateway.cache) {
+            log::warn!(
+                "reload: `cache.max_size` or `cache.max_object` changed in {file} but needs a restart to take effect"
+            );
+        }
+        cache_admin::drop_changed_routes(&previous, &gateway);
         self.tables.store(Arc::new(gateway));
         reloads.with_label_values(&["ok"]).inc();
         metrics::config_loaded();

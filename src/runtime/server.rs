@@ -85,6 +85,8 @@ pub fn assemble(
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
+    crate::proxy::cache::init_store(gateway.cache);
+    crate::telemetry::cache_metrics::families();
     let tables = Arc::new(ArcSwap::from_pointee(gateway));
     crate::telemetry::metrics::config_loaded();
     let reloader =

@@ -48,6 +48,7 @@ pub(super) fn gateway(cx: &mut Cx<'_>, config: &Config) -> Gateway {
             .docs
             .as_ref()
             .map(|d| d.path.value.trim_end_matches('/').to_string()),
+        cache: super::cache::limits(config),
     }
 }
 
@@ -250,6 +251,7 @@ fn build_routes(
                 (add_limit(limits, name, &l.value, by), by)
             }),
             cors,
+            cache: super::cache::route(&r.name.value, r),
         });
     }
     (routes, route_specs)

@@ -2,6 +2,7 @@
 //! every request through an `Arc`, and swapped whole on reload.
 
 mod build;
+pub mod cache;
 pub mod certs;
 pub mod plan;
 pub mod upstream;
@@ -80,6 +81,8 @@ pub struct Route {
     pub rate_limit: Option<(u32, config::LimitBy)>,
     /// Which browser pages may call the route (`cors:`).
     pub cors: Option<crate::core::cors::Policy>,
+    /// The route's response cache, if it has one.
+    pub cache: Option<cache::RouteCache>,
 }
 
 pub struct Gateway {
@@ -102,6 +105,8 @@ pub struct Gateway {
     /// Where the public listener serves the API docs page (`docs.path`,
     /// without a trailing `/`); `None`: on the admin listener only.
     pub docs_path: Option<String>,
+    /// The response cache's bounds; `None`: nothing is cached.
+    pub cache: Option<cache::CacheLimits>,
 }
 
 /// What a client connection may take (`limits:`, SPEC §3), with the safe defaults.

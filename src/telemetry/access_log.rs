@@ -31,6 +31,9 @@ pub struct Entry<'a> {
     pub error: Option<&'a str>,
     /// The W3C trace id (32 hex digits), joining this line to the backends' spans.
     pub trace_id: Option<&'a str>,
+    /// What the response cache did (SPEC §8.2): hit, miss, stale, bypass;
+    /// `None` on routes without a cache.
+    pub cache: Option<&'a str>,
 }
 
 impl Entry<'_> {
@@ -40,7 +43,7 @@ impl Entry<'_> {
         match format {
             LogFormat::Json => self.json_line(&ts),
             LogFormat::Text => format!(
-                "{ts} {} {} {} {:?} {} route={} consumer={} upstream={} peer={} duration_ms={:.3} bytes_in={} bytes_out={}{}",
+                "{ts} {} {} {} {:?} {} route={} consumer={} upstream={} peer={} duration_ms={:.3} bytes_in={} bytes_out={}{}{}",
                 self.request_id,
                 self.client.unwrap_or("-"),
                 self.method,
@@ -54,6 +57,7 @@ impl Entry<'_> {
                 self.bytes_in,
                 self.bytes_out,
                 self.error.map(|e| format!(" error={e}")).unwrap_or_default(),
+                self.cache.map(|c| format!(" cache={c}")).unwrap_or_default(),
             ),
         }
     }
@@ -82,6 +86,7 @@ impl Entry<'_> {
         push_number(&mut out, ",\"bytes_out\":", Some(self.bytes_out));
         push_str(&mut out, ",\"error\":", self.error);
         push_str(&mut out, ",\"trace_id\":", self.trace_id);
+        push_str(&mut out, ",\"cache\":", self.cache);
         out.push('}');
         out
     }
@@ -296,6 +301,7 @@ mod tests {
         bytes_out: u64,
         error: Option<&'a str>,
         trace_id: Option<&'a str>,
+        cache: Option<&'a str>,
     }
 
     fn round3(ms: f64) -> f64 {
@@ -321,6 +327,7 @@ mod tests {
             bytes_out: e.bytes_out,
             error: e.error,
             trace_id: e.trace_id,
+            cache: e.cache,
         })
         .expect("serde")
     }
@@ -354,6 +361,7 @@ mod tests {
                 bytes_out: 0,
                 error: Some(text),
                 trace_id: Some(text),
+                cache: Some(text),
             };
             let line = e.json_line(text);
             assert!(!line.contains('\n'), "one line: {line:?}");
@@ -382,6 +390,7 @@ mod tests {
                 "bytes_out",
                 "error",
                 "trace_id",
+                "cache",
             ])
             .collect();
         let line = empty.json_line("t");
@@ -442,6 +451,7 @@ mod tests {
             "bytes_out",
             "error",
             "trace_id",
+            "cache",
         ] {
             assert!(v.get(field).is_some(), "{field} missing");
         }

@@ -2,6 +2,7 @@
 //! the process log and its throttled warnings.
 
 pub mod access_log;
+pub mod cache_metrics;
 pub mod metrics;
 pub mod process_log;
 pub mod process_metrics;

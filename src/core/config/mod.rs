@@ -153,6 +153,7 @@ fn validate(cx: &mut Cx<'_>, config: &Config) {
     validate_routes(cx, config, &upstreams, &consumer_names);
     validate_store(cx, config);
     browser::check_docs(cx, config);
+    validate_cache(cx, config);
 }
 
 /// The header clients send their key in (`auth.header`, default `x-api-key`).
@@ -162,6 +163,53 @@ pub fn key_header(config: &Config) -> http::HeaderName {
         .as_ref()
         .and_then(|a| a.header.clone())
         .unwrap_or_else(|| http::HeaderName::from_static("x-api-key"))
+}
+
+/// `cache:` and the routes' `cache:` (SPEC §8.2).
+fn validate_cache(cx: &mut Cx<'_>, config: &Config) {
+    if let Some(cache) = &config.cache {
+        let size = cache.value.max_size.as_ref();
+        if let Some(size) = size.filter(|s| s.value.0 == 0) {
+            cx.error_at("cache.max_size", size.mark, "must be larger than 0");
+        }
+        if let (Some(size), Some(object)) = (size, &cache.value.max_object) {
+            if object.value.0 > size.value.0 {
+                cx.error_at(
+                    "cache.max_object",
+                    object.mark,
+                    format!(
+                        "{} is larger than `max_size` ({} bytes): nothing that large could be stored",
+                        object.value.0, size.value.0
+                    ),
+                );
+            }
+        }
+    }
+    for (i, route) in config.routes.iter() {
+        let Some(cache) = &route.cache else { continue };
+        let path = format!("routes[{i}].cache");
+        if config.cache.is_none() {
+            cx.error_at(
+                &path,
+                cache.mark,
+                "a route's `cache` needs the top-level `cache: { max_size: ... }`",
+            );
+        }
+        if route.upstream.is_none() {
+            cx.error_at(
+                &path,
+                cache.mark,
+                "`cache` applies to routes with an `upstream` only",
+            );
+        }
+        if route.auth == Some(AuthMode::None) && cache.value.per_consumer == Some(true) {
+            cx.error_at(
+                &format!("{path}.per_consumer"),
+                cache.mark,
+                "`per_consumer` needs `auth: api_key`: with `auth: none` nobody is identified",
+            );
+        }
+    }
 }
 
 /// Where the admin listener goes when the config names none.

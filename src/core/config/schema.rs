@@ -26,6 +26,7 @@ pub struct Config {
     pub routes: Indexed<Route>,
     pub rate_limit: Option<RateLimitStore>,
     pub docs: Option<Docs>,
+    pub cache: Option<Spanned<CacheConf>>,
 }
 decode_struct!(Config {
     listen,
@@ -40,7 +41,8 @@ decode_struct!(Config {
     upstreams,
     routes,
     rate_limit,
-    docs
+    docs,
+    cache
 });
 
 #[derive(Debug, Clone)]
@@ -277,6 +279,7 @@ pub struct Route {
     /// `match`: headers and query parameters the request must carry.
     pub matching: Option<Spanned<RouteMatch>>,
     pub cors: Option<Spanned<Cors>>,
+    pub cache: Option<Spanned<RouteCache>>,
 }
 decode_struct!(Route {
     name,
@@ -298,7 +301,8 @@ decode_struct!(Route {
     aggregate,
     max_part_body,
     matching as "match",
-    cors
+    cors,
+    cache
 });
 
 /// `match: { headers: {...}, query: {...} }`; values are exact or `"*"`.
@@ -411,3 +415,31 @@ pub struct Docs {
     pub path: Spanned<String>,
 }
 decode_struct!(Docs { path });
+
+/// The top-level `cache:` (SPEC §8.2): the in-memory store all routes share.
+#[derive(Debug, Clone)]
+pub struct CacheConf {
+    pub max_size: Option<Spanned<ByteSize>>,
+    pub max_object: Option<Spanned<ByteSize>>,
+}
+decode_struct!(CacheConf {
+    max_size,
+    max_object
+});
+
+/// A route's `cache:` (SPEC §8.2).
+#[derive(Debug, Clone)]
+pub struct RouteCache {
+    pub ttl: Option<Duration>,
+    pub vary: Option<Vec<HeaderName>>,
+    pub per_consumer: Option<bool>,
+    pub stale_while_revalidate: Option<Duration>,
+    pub stale_if_error: Option<Duration>,
+}
+decode_struct!(RouteCache {
+    ttl,
+    vary,
+    per_consumer,
+    stale_while_revalidate,
+    stale_if_error
+});

@@ -664,7 +664,7 @@ routes:
         "gateway.yaml:4:17: limits.idle_timeout: expected a duration like \"10s\", found \"forever\"",
         "gateway.yaml:8:14: upstreams.users.balance: expected one of round_robin random least_connections consistent_hash, found \"fastest\"",
         "gateway.yaml:13:15: routes[0].max_body: expected a size like \"512KiB\" or \"1MiB\", found \"lots\"",
-        "gateway.yaml:14:5: routes[0].colour: unknown field, expected one of: name, path, methods, host, exact, upstream, auth, consumers, rate_limit, request_headers, response_headers, strip_prefix, preserve_host, max_body, timeout, respond, aggregate, max_part_body, match, cors",
+        "gateway.yaml:14:5: routes[0].colour: unknown field, expected one of: name, path, methods, host, exact, upstream, auth, consumers, rate_limit, request_headers, response_headers, strip_prefix, preserve_host, max_body, timeout, respond, aggregate, max_part_body, match, cors, cache",
     ];
     assert_eq!(render(&errors), expected.join("\n"));
 }
@@ -1028,4 +1028,66 @@ routes: []
         "listen[0].addr",
         "overlaps the admin listener's default address 127.0.0.1:9100",
     );
+}
+
+#[test]
+fn cache_settings_load_and_their_mistakes_are_errors_with_positions() {
+    let ok = load(
+        "\
+listen:
+  - addr: 127.0.0.1:8000
+cache: { max_size: 64MiB, max_object: 512KiB }
+upstreams:
+  u: { peers: [\"127.0.0.1:8001\"] }
+routes:
+  - name: products
+    path: /products
+    upstream: u
+    cache: { ttl: 30s, vary: [Accept-Language], per_consumer: false, stale_while_revalidate: 10s, stale_if_error: 1m }
+",
+    );
+    let cache = ok
+        .routes
+        .iter()
+        .next()
+        .unwrap()
+        .1
+        .cache
+        .clone()
+        .unwrap()
+        .value;
+    assert_eq!(cache.ttl, Some(std::time::Duration::from_secs(30)));
+    assert_eq!(cache.vary.unwrap()[0].as_str(), "accept-language");
+    assert_eq!(
+        ok.cache.unwrap().value.max_object.unwrap().value.0,
+        512 * 1024
+    );
+
+    let errors = load_errors(
+        "\
+listen:
+  - addr: 127.0.0.1:8000
+cache: { max_size: 1MiB, max_object: 2MiB }
+upstreams:
+  u: { peers: [\"127.0.0.1:8001\"] }
+routes:
+  - name: a
+    path: /a
+    respond: { status: 200 }
+    cache: { ttl: 1s }
+  - name: b
+    path: /b
+    upstream: u
+    auth: none
+    cache: { ttl: soon, per_consumer: true, colour: red }
+",
+    );
+    let expected = [
+        "gateway.yaml:3:38: cache.max_object: 2097152 is larger than `max_size` (1048576 bytes): nothing that large could be stored",
+        "gateway.yaml:10:12: routes[0].cache: `cache` applies to routes with an `upstream` only",
+        "gateway.yaml:15:12: routes[1].cache.per_consumer: `per_consumer` needs `auth: api_key`: with `auth: none` nobody is identified",
+        "gateway.yaml:15:19: routes[1].cache.ttl: expected a duration like \"10s\", found \"soon\"",
+        "gateway.yaml:15:45: routes[1].cache.colour: unknown field, expected one of: ttl, vary, per_consumer, stale_while_revalidate, stale_if_error",
+    ];
+    assert_eq!(render(&errors), expected.join("\n"));
 }

@@ -1,0 +1,270 @@
+//! The response cache in the request phases (SPEC §8.2), on Pingora's HTTP
+//! cache: which requests use it, their key, which answers are stored and for
+//! how long, and what `cache-status`, `age`, the metrics and the access log
+//! say. The policy itself is pure ([`crate::core::cache`]); the storage is
+//! [`super::cache_store`].
+//!
+//! Auth and rate limits run in `request_filter`, before any of this: a hit
+//! needs a valid credential and counts toward the limits.
+
+use super::cache_store::CacheStore;
+use super::ctx::RequestCtx;
+use crate::core::cache::{self as policy, KeyParts, Outcome};
+use crate::tables::cache::CacheLimits;
+use http::header::{HeaderValue, AGE, HOST, VARY};
+use http::{HeaderName, Method};
+use pingora_cache::key::HashBinary;
+use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
+use pingora_cache::{CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, NoCacheReason};
+use pingora_cache::{RespCacheable, VarianceBuilder};
+use pingora_core::{Error, ErrorSource, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::Session;
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
+
+/// `cache-status` (RFC 9211).
+const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// How long requests wait for another's fill of the same key before going
+/// upstream themselves (SPEC §8.2: a bounded wait).
+const LOCK_WAIT: Duration = Duration::from_secs(3);
+/// How long a fill may hold a key's lock before waiters give up on it.
+const LOCK_AGE: Duration = Duration::from_secs(10);
+
+static STORE: OnceLock<CacheStore> = OnceLock::new();
+
+/// The process's store, made with the first config that has `cache:`.
+pub fn store() -> Option<&'static CacheStore> {
+    STORE.get()
+}
+
+/// Makes the store with the config's bounds, once; `false` when a store with
+/// other bounds is already in use (they change on restart only).
+pub fn init_store(limits: Option<CacheLimits>) -> bool {
+    let Some(limits) = limits else { return true };
+    let store = STORE.get_or_init(|| CacheStore::new(limits.max_size, limits.max_object));
+    store.max_size() == limits.max_size && store.max_object() == limits.max_object
+}
+
+fn cache_lock() -> &'static CacheKeyLockImpl {
+    static LOCK: OnceLock<&'static CacheKeyLockImpl> = OnceLock::new();
+    *LOCK.get_or_init(|| Box::leak(CacheLock::new_boxed(LOCK_AGE)))
+}
+
+/// `request_cache_filter`: GET and HEAD on a cached route use the cache; other
+/// methods there are counted as bypassing it.
+pub fn enable(session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+    let (Some(_), Some(store)) = (ctx.route().and_then(|r| r.cache.as_ref()), store()) else {
+        return Ok(());
+    };
+    let method = &session.req_header().method;
+    if *method != Method::GET && *method != Method::HEAD {
+        ctx.cache = Some(Outcome::Bypass);
+        return Ok(());
+    }
+    let mut overrides = CacheOptionOverrides::default();
+    overrides.wait_timeout = Some(LOCK_WAIT);
+    session
+        .cache
+        .enable(store, None, None, Some(cache_lock()), Some(overrides));
+    session.cache.set_max_file_size_bytes(store.max_object());
+    ctx.cache = Some(Outcome::Miss { stored: false });
+    Ok(())
+}
+
+/// `cache_key_callback`: route, host, path and query, the consumer when the
+/// route keys by consumer, and the route's `vary` headers.
+pub fn key(session: &Session, ctx: &RequestCtx) -> Result<CacheKey> {
+    let route = ctx
+        .route()
+        .ok_or_else(|| Error::explain(pingora_core::ErrorType::InternalError, "no route"))?;
+    let per_consumer = route.cache.as_ref().is_some_and(|c| c.policy.per_consumer);
+    let req = session.req_header();
+    let host = req
+        .headers
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.host())
+        .unwrap_or("");
+    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    let host = host.to_ascii_lowercase();
+    let vary: Vec<Option<&[u8]>> = route
+        .cache
+        .as_ref()
+        .map(|c| c.policy.vary.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|name| req.headers.get(name).map(HeaderValue::as_bytes))
+        .collect();
+    let parts = KeyParts {
+        route: &route.name,
+        host: &host,
+        path: req.uri.path(),
+        query: req.uri.query(),
+        consumer: ctx
+            .consumer
+            .filter(|_| per_consumer)
+            .map(|c| ctx.gateway.keys.consumer_name(c)),
+        vary: &vary,
+    };
+    Ok(CacheKey::new(parts.primary(), route.name.as_str()))
+}
+
+/// `response_cache_filter`: whether the upstream's answer is stored, and its
+/// freshness (SPEC §8.2, RFC 9111), as Pingora's `CacheMeta`. Notes whether
+/// it replaces an expired entry (the phase says so only until it is judged).
+pub fn cacheable(session: &Session, resp: &ResponseHeader, ctx: &mut RequestCtx) -> RespCacheable {
+    ctx.cache_expired = session.cache.phase() == CachePhase::Expired;
+    let Some(cache) = ctx.route().and_then(|r| r.cache.as_ref()) else {
+        return RespCacheable::Uncacheable(NoCacheReason::NeverEnabled);
+    };
+    let now = SystemTime::now();
+    match policy::storable(resp.status.as_u16(), &resp.headers, &cache.policy, now) {
+        Ok(f) => {
+            // Zero freshness: stored, but revalidated before its next use.
+            let fresh_until = if f.fresh_for.is_zero() {
+                now - Duration::from_secs(1)
+            } else {
+                now + f.fresh_for
+            };
+            let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+            RespCacheable::Cacheable(CacheMeta::new(
+                fresh_until,
+                now.checked_sub(f.age).unwrap_or(now),
+                secs(f.stale_while_revalidate),
+                secs(f.stale_if_error),
+                resp.clone(),
+            ))
+        }
+        Err(_) => RespCacheable::Uncacheable(NoCacheReason::OriginNotCache),
+    }
+}
+
+/// `cache_vary_filter`: the upstream's `Vary` headers pick among variants.
+pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
+    let mut builder = VarianceBuilder::new();
+    for line in meta.headers().get_all(VARY) {
+        let Ok(names) = line.to_str() else { continue };
+        for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let name = name.to_ascii_lowercase();
+            let value = req
+                .headers
+                .get(name.as_str())
+                .map_or_else(Vec::new, |v| v.as_bytes().to_vec());
+            builder.add_owned_name_value(name, value);
+        }
+    }
+    builder.finalize()
+}
+
+/// `should_serve_stale`: within the entry's windows (Pingora checks them),
+/// stale is served while revalidating, and when the upstream failed.
+pub fn serve_stale(error: Option<&Error>) -> bool {
+    error.is_none_or(|e| e.esource() == &ErrorSource::Upstream)
+}
+
+/// What the cache did, read from Pingora's cache phase once the answer is
+/// about to go out.
+fn outcome(phase: CachePhase, expired: bool, status: u16) -> Outcome {
+    match phase {
+        CachePhase::Hit => Outcome::Hit,
+        CachePhase::Stale | CachePhase::StaleUpdating => Outcome::Stale,
+        CachePhase::Revalidated => Outcome::Expired {
+            status: 304,
+            stored: true,
+        },
+        CachePhase::RevalidatedNoCache(_) => Outcome::Expired {
+            status: 304,
+            stored: false,
+        },
+        CachePhase::Expired => Outcome::Expired {
+            status,
+            stored: true,
+        },
+        CachePhase::Miss => Outcome::Miss { stored: true },
+        _ if expired => Outcome::Expired {
+            status,
+            stored: false,
+        },
+        _ => Outcome::Miss { stored: false },
+    }
+}
+
+/// `response_filter`: `cache-status` and `age` on every answer of a cached
+/// route; the outcome is kept for the metrics and the access log.
+pub fn stamp(session: &Session, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+    let Some(noted) = ctx.cache else {
+        return Ok(());
+    };
+    let outcome = match noted {
+        Outcome::Bypass => Outcome::Bypass,
+        _ => outcome(
+            session.cache.phase(),
+            ctx.cache_expired,
+            resp.status.as_u16(),
+        ),
+    };
+    ctx.cache = Some(outcome);
+    resp.insert_header(CACHE_STATUS, outcome.cache_status())?;
+    let served_from_store = matches!(
+        outcome,
+        Outcome::Hit | Outcome::Stale | Outcome::Expired { status: 304, .. }
+    );
+    if served_from_store {
+        if let Some(meta) = session.cache.maybe_cache_meta() {
+            resp.insert_header(AGE, meta.age().as_secs())?;
+        }
+    } else if !resp.headers.contains_key(AGE) {
+        resp.insert_header(AGE, 0)?;
+    }
+    Ok(())
+}
+
+/// `logging`: the route's lookup counter.
+pub fn count(ctx: &RequestCtx) {
+    if let (Some(outcome), Some(cache)) = (ctx.cache, ctx.route().and_then(|r| r.cache.as_ref())) {
+        cache.lookups.count(outcome);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_map_to_outcomes() {
+        assert_eq!(outcome(CachePhase::Hit, false, 200), Outcome::Hit);
+        assert_eq!(outcome(CachePhase::Stale, true, 200), Outcome::Stale);
+        assert_eq!(
+            outcome(CachePhase::Miss, false, 200),
+            Outcome::Miss { stored: true }
+        );
+        assert_eq!(
+            outcome(
+                CachePhase::Disabled(NoCacheReason::OriginNotCache),
+                false,
+                200
+            ),
+            Outcome::Miss { stored: false }
+        );
+        assert_eq!(
+            outcome(
+                CachePhase::Disabled(NoCacheReason::OriginNotCache),
+                true,
+                200
+            ),
+            Outcome::Expired {
+                status: 200,
+                stored: false
+            }
+        );
+        assert_eq!(
+            outcome(CachePhase::Revalidated, true, 200),
+            Outcome::Expired {
+                status: 304,
+                stored: true
+            }
+        );
+    }
+}
