@@ -8,6 +8,7 @@ pub mod auth;
 pub mod config;
 pub mod forward;
 pub mod head;
+pub mod jwt;
 pub mod limit;
 pub mod reply;
 pub mod router;

@@ -17,6 +17,7 @@ pub mod ctx;
 pub mod fan_out;
 mod headers;
 pub mod record;
+pub mod token;
 pub mod upstream;
 
 pub use ctx::{in_flight, RequestCtx};

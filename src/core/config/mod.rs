@@ -3,6 +3,7 @@
 
 pub mod decode;
 pub mod error;
+pub mod jwt;
 pub mod schema;
 pub mod types;
 pub mod yaml;
@@ -150,6 +151,7 @@ fn validate(cx: &mut Cx<'_>, config: &Config) {
     let consumer_names = validate_consumers(cx, config);
     validate_routes(cx, config, &upstreams, &consumer_names);
     validate_store(cx, config);
+    jwt::validate_jwt(cx, config);
 }
 
 /// Where the admin listener goes when the config names none.
@@ -356,13 +358,15 @@ fn validate_routes(
                 );
             }
         }
-        if route.consumers.is_some() && route.auth == Some(AuthMode::None) {
+        if route.consumers.is_some() && route.auth.as_ref().map(|a| a.value) == Some(AuthMode::None)
+        {
             cx.error_at(
                 &format!("{path}.consumers"),
                 route.name.mark,
-                "`consumers` needs `auth: api_key`: with `auth: none` nobody is identified",
+                "`consumers` needs `auth: api_key`, `jwt` or `any`: with `auth: none` nobody is identified",
             );
         }
+        jwt::check_route(cx, &path, route, config);
         if let Some(limit) = &route.rate_limit {
             check_rate_limit(cx, &format!("{path}.rate_limit"), &limit.value);
         }

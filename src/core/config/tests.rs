@@ -664,7 +664,7 @@ routes:
         "gateway.yaml:4:17: limits.idle_timeout: expected a duration like \"10s\", found \"forever\"",
         "gateway.yaml:8:14: upstreams.users.balance: expected one of round_robin random least_connections consistent_hash, found \"fastest\"",
         "gateway.yaml:13:15: routes[0].max_body: expected a size like \"512KiB\" or \"1MiB\", found \"lots\"",
-        "gateway.yaml:14:5: routes[0].colour: unknown field, expected one of: name, path, methods, host, exact, upstream, auth, consumers, rate_limit, request_headers, response_headers, strip_prefix, preserve_host, max_body, timeout, respond, aggregate, max_part_body",
+        "gateway.yaml:14:5: routes[0].colour: unknown field, expected one of: name, path, methods, host, exact, upstream, auth, consumers, scopes, claims_to_headers, forward_token, rate_limit, request_headers, response_headers, strip_prefix, preserve_host, max_body, timeout, respond, aggregate, max_part_body",
     ];
     assert_eq!(render(&errors), expected.join("\n"));
 }
