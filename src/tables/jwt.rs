@@ -524,6 +524,23 @@ impl TokenIssuers {
             // Its key left the set: verify again (and most likely refuse).
             self.memory.forget(token);
         }
+        let (verified, key) = self.verify_signature_and_claims(token, now, consumers)?;
+        self.memory.remember(token, verified.clone(), key, now);
+        Ok(verified)
+    }
+
+    /// [`TokenIssuers::verify`] without the memory: the full cost of a token
+    /// seen for the first time (also what `benches/jwt.rs` calls "cold").
+    pub fn verify_signature_and_claims(
+        &self,
+        token: &str,
+        now: i64,
+        consumers: &KeyStore,
+    ) -> Result<(Arc<VerifiedToken>, Arc<Key>), Failure> {
+        let fault = |f| Err(Failure::Fault(f));
+        if token.len() > MAX_TOKEN_BYTES {
+            return fault(TokenFault::Invalid);
+        }
         let header =
             jsonwebtoken::decode_header(token).map_err(|_| Failure::Fault(TokenFault::Invalid))?;
         let unverified: Map<String, Value> = jsonwebtoken::dangerous::insecure_decode_claims(token)
@@ -590,8 +607,107 @@ impl TokenIssuers {
             scopes: jwt::granted_scopes(&claims),
             claims,
         });
-        self.memory
-            .remember(token, verified.clone(), key.clone(), now);
-        Ok(verified)
+        Ok((verified, key.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    use serde_json::json;
+
+    #[test]
+    fn an_alg_fits_only_its_key_kind() {
+        use Algorithm::*;
+        assert!(KeyKind::Rsa.fits(RS256) && KeyKind::Rsa.fits(PS512));
+        assert!(!KeyKind::Rsa.fits(HS256), "the key-confusion attack");
+        assert!(KeyKind::P256.fits(ES256) && !KeyKind::P256.fits(ES384));
+        assert!(KeyKind::P384.fits(ES384) && !KeyKind::P384.fits(ES256));
+        assert!(KeyKind::Ed25519.fits(EdDSA) && !KeyKind::Ed25519.fits(ES256));
+        assert!(KeyKind::Secret.fits(HS512) && !KeyKind::Secret.fits(RS256));
+    }
+
+    fn ed_key(kid: &str) -> (EncodingKey, Value) {
+        let der = openssl::pkey::PKey::generate_ed25519()
+            .and_then(|k| k.private_key_to_pkcs8())
+            .expect("ed25519 key");
+        let key = EncodingKey::from_ed_der(&der);
+        let mut jwk = Jwk::from_encoding_key(&key, Algorithm::EdDSA).expect("jwk");
+        jwk.common.key_id = Some(kid.to_string());
+        (key, serde_json::to_value(jwk).expect("json"))
+    }
+
+    #[test]
+    fn a_jwks_refresh_keeps_unchanged_keys_and_skips_unusable_ones() {
+        let (_, a) = ed_key("a");
+        let doc = json!({"keys": [
+            a,
+            {"kty": "oct", "kid": "sym", "k": "c2VjcmV0"},
+            {"kty": "OKP", "crv": "Ed25519", "kid": "enc", "use": "enc", "x": a["x"]},
+        ]});
+        let (first, skipped) =
+            parse_jwks(doc.to_string().as_bytes(), &KeySet::default()).expect("jwks");
+        assert_eq!((first.keys.len(), skipped), (1, 2));
+        let (again, _) = parse_jwks(doc.to_string().as_bytes(), &first).expect("jwks");
+        assert!(
+            Arc::ptr_eq(&first.keys[0], &again.keys[0]),
+            "same key, same identity"
+        );
+        assert!(parse_jwks(b"[1, 2]", &first).is_err());
+    }
+
+    #[test]
+    fn a_remembered_token_is_checked_again_once_its_key_leaves_the_set() {
+        let (key, jwk) = ed_key("k1");
+        let (set, _) = parse_jwks(
+            json!({"keys": [jwk]}).to_string().as_bytes(),
+            &KeySet::default(),
+        )
+        .expect("jwks");
+        let issuers = TokenIssuers {
+            issuers: vec![Issuer {
+                name: "idp".into(),
+                audiences: Vec::new(),
+                algorithms: vec![Algorithm::EdDSA],
+                source: KeySource::File,
+                keys: Arc::new(IssuerKeys::with(set)),
+            }],
+            consumer_claim: None,
+            leeway: 0,
+            memory: Memory::new(),
+        };
+        let now = unix_now();
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some("k1".into());
+        let token = encode(
+            &header,
+            &json!({"iss": "idp", "sub": "s", "exp": now + 60}),
+            &key,
+        )
+        .expect("sign");
+        let consumers = KeyStore::default();
+        let first = issuers.verify(&token, now, &consumers).expect("verifies");
+        let again = issuers.verify(&token, now, &consumers).expect("remembered");
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "the second time comes from memory"
+        );
+        assert_eq!(
+            issuers.verify(&token, now + 60, &consumers),
+            Err(Failure::Fault(TokenFault::Expired)),
+            "remembered only until exp"
+        );
+        issuers
+            .verify(&token, now, &consumers)
+            .expect("verified again");
+        issuers.issuers[0]
+            .keys
+            .set
+            .store(Arc::new(KeySet::default()));
+        assert_eq!(
+            issuers.verify(&token, now, &consumers),
+            Err(Failure::UnknownKey { issuer: 0 })
+        );
     }
 }
