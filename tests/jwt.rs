@@ -771,3 +771,80 @@ fn config_errors_of_spec_8_1_are_listed_with_positions() {
         "{stderr}"
     );
 }
+
+/// A JWKS endpoint over TLS with a self-signed certificate for `localhost`
+/// (Pingora verifies host names, not IP addresses, against a certificate).
+fn tls_jwks(doc: String) -> (std::net::SocketAddr, std::path::PathBuf) {
+    use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod};
+    use std::io::{BufRead, BufReader};
+    let dir = temp_dir("jwks-tls");
+    let (cert, key) = self_signed(&dir, "localhost");
+    let mut acceptor = SslAcceptor::mozilla_intermediate(SslMethod::tls()).expect("acceptor");
+    acceptor.set_certificate_chain_file(&cert).expect("cert");
+    acceptor
+        .set_private_key_file(&key, SslFiletype::PEM)
+        .expect("key");
+    let acceptor = Arc::new(acceptor.build());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let (acceptor, doc) = (acceptor.clone(), doc.clone());
+            std::thread::spawn(move || {
+                // A client that does not trust the certificate ends here.
+                let Ok(tls) = acceptor.accept(stream) else {
+                    return;
+                };
+                let mut reader = BufReader::new(tls);
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{doc}",
+                    doc.len()
+                );
+                let _ = reader.get_mut().write_all(answer.as_bytes());
+            });
+        }
+    });
+    (addr, cert)
+}
+
+#[test]
+fn https_jwks_urls_are_fetched_with_certificate_verification() {
+    let key = Signer::ec("tls-1");
+    let (addr, cert) = tls_jwks(json!({"keys": [key.jwk]}).to_string());
+    let upstream = Backend::echo();
+    let config = format!(
+        "{head}auth:\n  jwt:\n    issuers:\n      - issuer: tls\n        jwks_url: https://localhost:{port}/jwks.json\n\
+         upstreams:\n  u: {{ peers: [\"{peer}\"] }}\nroutes:\n  - {{ name: open, path: /open, upstream: u, auth: jwt }}\n",
+        head = config_head(),
+        port = addr.port(),
+        peer = upstream.addr,
+    );
+    let token = key.sign(&json!({"iss": "tls", "exp": now() + 600}));
+    let wait_for = |gw: &Gateway, series: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while gw.metric(series) < 1.0 {
+            assert!(Instant::now() < deadline, "{series} never counted");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // Trusting the certificate (OpenSSL's SSL_CERT_FILE): fetched and used.
+    let trusting =
+        Gateway::start_with_env(&config, &[("SSL_CERT_FILE", cert.to_str().expect("path"))]);
+    wait_for(
+        &trusting,
+        "portcullis_jwks_refreshes_total{issuer=\"tls\",result=\"ok\"}",
+    );
+    assert_eq!(accepted_soon(&trusting, "/open", &token).status, 200);
+    // Not trusting it: the fetch fails and no key is taken from it.
+    let wary = Gateway::start(&config);
+    wait_for(
+        &wary,
+        "portcullis_jwks_refreshes_total{issuer=\"tls\",result=\"error\"}",
+    );
+    let r = wary.get("/open", &[("authorization", &bearer(&token))]);
+    assert_eq!((r.status, r.error_code().as_str()), (401, "invalid_token"));
+}

@@ -140,7 +140,7 @@ pub fn admit(gw: &Gateway, request: &RequestFacts<'_>) -> Admission {
     let mut consumer = None;
     let mut token = None;
     if route.tokens.mode.takes_tokens() {
-        let judged = token::admit_credentials(gw, route, request);
+        let judged = token::admit_credentials(gw, route, request.key, request.authorization);
         if let Some(refusal) = judged.refusal {
             return Admission {
                 await_keys: judged.await_keys,

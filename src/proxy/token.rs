@@ -2,7 +2,6 @@
 //! and the token's effect on the upstream request: `authorization` removed
 //! unless `forward_token`, `claims_to_headers` set over the client's values.
 
-use super::admit::RequestFacts;
 use crate::core::auth::ConsumerId;
 use crate::core::config::AuthMode;
 use crate::core::forward::HeaderEdit;
@@ -35,14 +34,17 @@ impl TokenAdmission {
 
 /// Judges the credentials of a request on a route that takes tokens. With
 /// `auth: any`, a bearer token is judged when sent, else the API key.
+///
+/// `key` is the API-key header's value, `authorization` that header's.
 pub fn admit_credentials(
     gw: &Gateway,
     route: &Route,
-    request: &RequestFacts<'_>,
+    key: Option<&[u8]>,
+    authorization: Option<&[u8]>,
 ) -> TokenAdmission {
-    let bearer = jwt::bearer(request.authorization);
+    let bearer = jwt::bearer(authorization);
     if route.tokens.mode == AuthMode::Any && bearer == Bearer::Absent {
-        let Some(key) = request.key else {
+        let Some(key) = key else {
             return TokenAdmission::refused(Refusal::MissingCredentials);
         };
         let Some(id) = gw.keys.find(key) else {

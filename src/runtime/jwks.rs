@@ -139,26 +139,34 @@ async fn fetch(connector: &Connector, url: &str) -> Result<Vec<u8>, String> {
     let host = uri.host().ok_or("no host")?;
     let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
     let bare_host = host.trim_start_matches('[').trim_end_matches(']');
-    let addr = tokio::net::lookup_host((bare_host, port))
+    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((bare_host, port))
         .await
         .map_err(|e| format!("cannot resolve {host}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{host} resolves to no address"))?;
+        .collect();
     let sni = if tls {
         bare_host.to_string()
     } else {
         String::new()
     };
-    let mut peer = HttpPeer::new(addr, tls, sni);
-    peer.options.connection_timeout = Some(FETCH_TIMEOUT);
-    peer.options.read_timeout = Some(FETCH_TIMEOUT);
-    peer.options.write_timeout = Some(FETCH_TIMEOUT);
-    peer.options.verify_cert = true;
-    peer.options.verify_hostname = true;
-    let (mut session, _) = connector
-        .get_http_session(&peer)
-        .await
-        .map_err(|e| format!("cannot connect: {}", e.etype().as_str()))?;
+    // Each address in turn (`localhost` may say ::1 first, and listen on 127.0.0.1 only).
+    let mut failure = format!("{host} resolves to no address");
+    let mut connected = None;
+    for addr in addrs {
+        let mut peer = HttpPeer::new(addr, tls, sni.clone());
+        peer.options.connection_timeout = Some(FETCH_TIMEOUT);
+        peer.options.read_timeout = Some(FETCH_TIMEOUT);
+        peer.options.write_timeout = Some(FETCH_TIMEOUT);
+        peer.options.verify_cert = true;
+        peer.options.verify_hostname = true;
+        match connector.get_http_session(&peer).await {
+            Ok((session, _)) => {
+                connected = Some(session);
+                break;
+            }
+            Err(e) => failure = format!("cannot connect: {}", e.etype().as_str()),
+        }
+    }
+    let mut session = connected.ok_or(failure)?;
     let target = uri.path_and_query().map_or("/", |p| p.as_str());
     let failed =
         |e: Box<pingora_core::Error>| format!("HTTP exchange failed: {}", e.etype().as_str());

@@ -9,14 +9,12 @@
 use crate::core::auth::KeyStore;
 use crate::core::config::{self, Cx, JwtAlgorithm};
 use crate::core::jwt::{self, ClaimRules, TokenFault, VerifiedToken, MAX_TOKEN_BYTES};
+use crate::tables::token_memory::Memory;
 use crate::telemetry::metrics;
 use arc_swap::ArcSwap;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
-use std::collections::hash_map::RandomState;
-use std::collections::HashMap;
-use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -30,10 +28,6 @@ pub const KEY_WAIT: Duration = Duration::from_secs(3);
 pub const DEFAULT_JWKS_REFRESH: Duration = Duration::from_secs(600);
 /// `leeway` when omitted.
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
-/// What the memory of verified tokens may hold, in token bytes (and a little
-/// more per entry): bounded whatever clients send.
-const MEMORY_BYTES: usize = 32 << 20;
-const MEMORY_SHARDS: usize = 16;
 
 /// Which key a token's `alg` needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -256,89 +250,13 @@ pub enum Failure {
     },
 }
 
-/// A verified token remembered, with the key that verified it.
-struct Remembered {
-    token: Arc<VerifiedToken>,
-    key: Arc<Key>,
-}
-
-#[derive(Default)]
-struct Shard {
-    entries: HashMap<Box<str>, Remembered>,
-    bytes: usize,
-}
-
-/// Verified tokens until their `exp`, bounded in bytes.
-struct Memory {
-    shards: Vec<Mutex<Shard>>,
-    hasher: RandomState,
-}
-
-impl Memory {
-    fn new() -> Memory {
-        Memory {
-            shards: (0..MEMORY_SHARDS).map(|_| Mutex::default()).collect(),
-            hasher: RandomState::new(),
-        }
-    }
-
-    fn shard(&self, token: &str) -> &Mutex<Shard> {
-        let i = self.hasher.hash_one(token) as usize % MEMORY_SHARDS;
-        &self.shards[i]
-    }
-
-    fn get(&self, token: &str) -> Option<(Arc<VerifiedToken>, Arc<Key>)> {
-        let shard = self.shard(token).lock().unwrap_or_else(|p| p.into_inner());
-        shard
-            .entries
-            .get(token)
-            .map(|r| (r.token.clone(), r.key.clone()))
-    }
-
-    fn forget(&self, token: &str) {
-        let mut shard = self.shard(token).lock().unwrap_or_else(|p| p.into_inner());
-        if shard.entries.remove(token).is_some() {
-            shard.bytes = shard.bytes.saturating_sub(token.len() + ENTRY_OVERHEAD);
-        }
-    }
-
-    fn remember(&self, token: &str, verified: Arc<VerifiedToken>, key: Arc<Key>, now: i64) {
-        let budget = MEMORY_BYTES / MEMORY_SHARDS;
-        let cost = token.len() + ENTRY_OVERHEAD;
-        let mut shard = self.shard(token).lock().unwrap_or_else(|p| p.into_inner());
-        if shard.bytes + cost > budget {
-            // Expired tokens go first; when that is not enough, the whole
-            // shard: a flood of fresh tokens costs re-verification, not memory.
-            shard.entries.retain(|_, r| r.token.exp > now);
-            shard.bytes = shard.entries.keys().map(|t| t.len() + ENTRY_OVERHEAD).sum();
-            if shard.bytes + cost > budget {
-                shard.entries.clear();
-                shard.bytes = 0;
-            }
-        }
-        let replaced = shard.entries.insert(
-            token.into(),
-            Remembered {
-                token: verified,
-                key,
-            },
-        );
-        if replaced.is_none() {
-            shard.bytes += cost;
-        }
-    }
-}
-
-/// Rough bytes an entry costs besides its token (claims, map slot).
-const ENTRY_OVERHEAD: usize = 512;
-
 /// `auth.jwt`, compiled.
 pub struct TokenIssuers {
     pub issuers: Vec<Issuer>,
     pub consumer_claim: Option<String>,
     /// Seconds.
     pub leeway: i64,
-    memory: Memory,
+    memory: Memory<Key>,
 }
 
 /// Unix seconds now.

@@ -5,6 +5,7 @@ mod build;
 pub mod certs;
 pub mod jwt;
 pub mod plan;
+mod token_memory;
 pub mod upstream;
 
 use crate::core::aggregate::PartTemplate;
