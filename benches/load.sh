@@ -16,7 +16,8 @@
 #
 # Pinning: backend and the proxy under test share CPU 0 (one worker each), the
 # load generator runs on CPU 1. Bounded: 6 targets x 2 loads x SECS (default 5)
-# seconds, plus start-up. Stops only what it started.
+# seconds, plus start-up, and the jwt row: the API-key route against an auth: jwt
+# route on one more gateway (2 x 2 loads x SECS). Stops only what it started.
 # Needs: nginx, wrk (Debian packages nginx-light, wrk) and a release build.
 source "$(dirname "$0")/lib.sh"
 SECS=${SECS:-5}
@@ -73,6 +74,46 @@ NGINX
 taskset -c 0 nginx -c "$work/nginx-gw.conf" -p "$work" & pids+=($!)
 wait_port "$ngx"
 
+# The jwt row: a second gateway with the bench route twice, by API key and by
+# bearer token (auth: jwt, RS256 from a JWKS file), and one token repeated, as
+# a client does until it expires: the verified-token memory's case.
+jwt_gw=$(free_port); jwt_admin=$(free_port)
+python3 - "$work" <<'PY'
+import base64, json, subprocess, sys, time
+work = sys.argv[1]
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+subprocess.run(["openssl", "genrsa", "-out", f"{work}/jwt.key", "2048"], check=True, capture_output=True)
+mod = subprocess.run(["openssl", "rsa", "-in", f"{work}/jwt.key", "-noout", "-modulus"],
+                     check=True, capture_output=True, text=True).stdout.strip().split("=", 1)[1]
+jwk = {"kty": "RSA", "kid": "bench-1", "alg": "RS256", "n": b64(bytes.fromhex(mod)), "e": "AQAB"}
+open(f"{work}/jwks.json", "w").write(json.dumps({"keys": [jwk]}))
+head = b64(json.dumps({"alg": "RS256", "kid": "bench-1", "typ": "JWT"}).encode())
+now = int(time.time())
+body = b64(json.dumps({"iss": "bench", "sub": "bench-client", "aud": "api", "iat": now, "exp": now + 3600}).encode())
+sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", f"{work}/jwt.key", "-binary"],
+                     input=f"{head}.{body}".encode(), check=True, capture_output=True).stdout
+open(f"{work}/jwt.token", "w").write(f"{head}.{body}.{b64(sig)}")
+PY
+jwt_token=$(cat "$work/jwt.token")
+{ portcullis_head "$jwt_gw" "$jwt_admin"
+  cat <<YAML
+auth:
+  jwt:
+    issuers: [{ issuer: bench, audiences: [api], jwks_file: "$work/jwks.json", algorithms: [RS256] }]
+upstreams:
+  users:
+    peers: ["127.0.0.1:$backend"]
+    headers: { x-gateway-secret: "bench-secret" }
+routes:
+  - { name: users, path: /users, upstream: users }
+  - { name: tokens, path: /tokens, upstream: users, auth: jwt }
+YAML
+} > "$work/portcullis-jwt.yaml"
+start_portcullis "$jwt_gw" "$work/portcullis-jwt.yaml" 0
+ok=$(curl -s -o /dev/null -w '%{http_code}' -H "authorization: Bearer $jwt_token" "http://127.0.0.1:$jwt_gw/tokens/1")
+no=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$jwt_gw/tokens/1")
+[ "$ok" = 200 ] && [ "$no" = 401 ] || { echo "the jwt route does not do the job ($ok/$no)" >&2; exit 1; }
+
 # Checks the job is done before measuring it: 200 with the key, 401 without.
 for port in "$gw" "$ngx" "$floor"; do
   ok=$(curl -s -o /dev/null -w '%{http_code}' -H 'x-api-key: bench-key' "http://127.0.0.1:$port/users/1")
@@ -94,9 +135,9 @@ import re,sys
 v=sys.argv[1]; m=re.match(r'([0-9.]+)(us|ms|s)',v)
 n,u=float(m.group(1)),m.group(2)
 print(round(n/1000 if u=='us' else n*1000 if u=='s' else n,3))" "$1"; }
-measure() { # url conns
+measure() { # url conns [header]
   local out rps p50 p99
-  out=$(taskset -c 1 wrk -t1 -c"$2" -d"${SECS}s" --latency -H 'x-api-key: bench-key' "$1")
+  out=$(taskset -c 1 wrk -t1 -c"$2" -d"${SECS}s" --latency -H "${3:-x-api-key: bench-key}" "$1")
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   p50=$(awk '$1=="50%" {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
@@ -111,6 +152,8 @@ for conns in $LOADS; do
   result[portcullis_$conns]=$(measure "http://127.0.0.1:$gw/users/1" "$conns")
   result[nginx_cache_$conns]=$(measure "http://127.0.0.1:$ngx/cached/1" "$conns")
   result[portcullis_cache_$conns]=$(measure "http://127.0.0.1:$gw/cached/1" "$conns")
+  result[apikey_$conns]=$(measure "http://127.0.0.1:$jwt_gw/users/1" "$conns")
+  result[jwt_$conns]=$(measure "http://127.0.0.1:$jwt_gw/tokens/1" "$conns" "authorization: Bearer $jwt_token")
 done
 
 printf '%-16s %6s %12s %9s %9s %10s %10s %10s\n' target conns req/s p50_ms p99_ms "/nginx" "/direct" "/floor"
@@ -133,6 +176,20 @@ for conns in $LOADS; do
   printf '%-16s %6s  hit/uncached %s  hit/nginx_cache %s\n' cache_ratios "$conns" \
     "$(ratio "$pc_rps" "$p_rps")" "$(ratio "$pc_rps" "$nc_rps")"
   json+=",\"cache_ratio_uncached_$conns\":$(ratio "$pc_rps" "$p_rps"),\"cache_ratio_nginx_cache_$conns\":$(ratio "$pc_rps" "$nc_rps")"
+done
+
+# The jwt row: the same gateway's API-key route against its token route
+# (target: jwt/api_key >= 0.95).
+printf '%-12s %6s %12s %9s %9s %10s\n' target conns req/s p50_ms p99_ms "/api_key"
+for conns in $LOADS; do
+  read -r k_rps _ _ <<<"${result[apikey_$conns]}"
+  for target in apikey jwt; do
+    read -r rps p50 p99 <<<"${result[${target}_$conns]}"
+    printf '%-12s %6s %12s %9s %9s %10s\n' "$target" "$conns" "$rps" "$p50" "$p99" "$(ratio "$rps" "$k_rps")"
+    json+=",\"${target}_${conns}\":{\"rps\":$rps,\"p50_ms\":$p50,\"p99_ms\":$p99}"
+  done
+  read -r j_rps _ _ <<<"${result[jwt_$conns]}"
+  json+=",\"ratio_jwt_apikey_$conns\":$(ratio "$j_rps" "$k_rps")"
 done
 echo "$json}"
 

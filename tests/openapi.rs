@@ -106,3 +106,40 @@ fn routes_with_match_conditions_keep_the_document_valid() {
     let doc = resp.json();
     assert_eq!(doc["paths"]["/users"]["get"]["operationId"], "users_get");
 }
+
+#[test]
+fn token_routes_declare_the_bearer_scheme_and_any_routes_both() {
+    let backend = Backend::echo();
+    let config = format!(
+        "{head}auth:\n  jwt:\n    issuers:\n      - {{ issuer: legacy, secret: \"${{OPENAPI_HS}}\" }}\n\
+         upstreams:\n  users:\n    peers: [\"{peer}\"]\n\
+         routes:\n\
+         \x20 - {{ name: tokens, path: /tokens, upstream: users, auth: jwt, scopes: [orders:read] }}\n\
+         \x20 - {{ name: either, path: /either, upstream: users, auth: any }}\n\
+         \x20 - {{ name: keyed, path: /keyed, upstream: users }}\n",
+        head = config_head(),
+        peer = backend.addr,
+    );
+    let gw = Gateway::start_with_env(&config, &[("OPENAPI_HS", "openapi-test-hs-secret-value")]);
+    let resp = get(gw.admin, "/openapi.json", &[]);
+    validate(&resp.body);
+    let doc = resp.json();
+    let bearer = &doc["components"]["securitySchemes"]["bearer"];
+    assert_eq!(bearer["type"], "http");
+    assert_eq!(bearer["scheme"], "bearer");
+    assert_eq!(bearer["bearerFormat"], "JWT");
+    assert_eq!(
+        doc["paths"]["/tokens"]["get"]["security"],
+        serde_json::json!([{"bearer": ["orders:read"]}])
+    );
+    assert_eq!(
+        doc["paths"]["/either"]["get"]["security"],
+        serde_json::json!([{"apiKey": []}, {"bearer": []}]),
+        "alternatives: either one suffices"
+    );
+    assert_eq!(
+        doc["paths"]["/keyed"]["get"]["security"],
+        serde_json::json!([{"apiKey": []}])
+    );
+    assert!(!resp.text().contains("openapi-test-hs-secret-value"));
+}

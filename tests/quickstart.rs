@@ -107,3 +107,62 @@ fn the_readme_quick_start_works_as_written() {
     let _ = demo.kill();
     let _ = demo.wait();
 }
+
+#[test]
+fn the_demo_prints_a_bearer_token_and_a_curl_line_that_works() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let dir = temp_dir("demo-token");
+    let mut demo = start_demo(&listen, &admin, &dir.join("out"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let printed = loop {
+        let out = std::fs::read_to_string(dir.join("out")).unwrap_or_default();
+        let probe = b"GET /readyz HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n";
+        let ready = send_raw(admin.parse().expect("addr"), probe).is_ok_and(|r| r.status == 200);
+        if ready && out.contains("Ctrl-C") {
+            break out;
+        }
+        assert!(Instant::now() < deadline, "demo not ready: {out}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let token = printed
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("bearer token"))
+        .map(str::trim)
+        .expect("the token is printed")
+        .to_string();
+    assert_eq!(token.split('.').count(), 3, "a JWS compact token");
+    let curl = printed
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("curl ") && l.contains("authorization: Bearer"))
+        .expect("a curl line with the token")
+        .split(" # ")
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert!(curl.contains(&token));
+    // The demo's JWKS may still be on its way at start: a few tries.
+    let mut last = String::new();
+    for _ in 0..50 {
+        let out = Command::new("bash")
+            .args(["-c", &curl])
+            .output()
+            .expect("run curl");
+        last = String::from_utf8_lossy(&out.stdout).into_owned();
+        if last.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(last.starts_with("HTTP/1.1 200"), "{last}");
+    assert!(last.contains("\"user_id\":1"), "{last}");
+    let without = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("http://{listen}/orders?user_id=1"))
+        .output()
+        .expect("run curl");
+    assert_eq!(String::from_utf8_lossy(&without.stdout), "401");
+    let _ = demo.kill();
+    let _ = demo.wait();
+}

@@ -11,6 +11,7 @@ pub mod cors;
 pub mod docs;
 pub mod forward;
 pub mod head;
+pub mod jwt;
 pub mod limit;
 pub mod outlier;
 pub mod reply;

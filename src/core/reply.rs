@@ -3,11 +3,13 @@
 //! Every answer the gateway makes itself — a refusal, a `respond:` route, an
 //! aggregate's merged JSON, the admin and demo endpoints — is one [`Reply`].
 
+use crate::core::jwt::TokenFault;
 use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const BEARER_CHALLENGE: &str = "Bearer realm=\"portcullis\"";
 const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// One whole answer made by the gateway itself. `content-length` is added by
@@ -112,6 +114,14 @@ pub enum Refusal {
     InvalidApiKey,
     #[error("this consumer may not use this route")]
     Forbidden,
+    #[error("this route needs a bearer token")]
+    MissingToken,
+    #[error("{}", .0.message())]
+    InvalidToken(TokenFault),
+    #[error("the bearer token lacks a scope this route needs")]
+    InsufficientScope { scope: String },
+    #[error("this route needs an API key or a bearer token")]
+    MissingCredentials,
     #[error("rate limit exceeded")]
     RateLimited { retry_after_secs: u64 },
     #[error("the rate limit store is unavailable")]
@@ -141,6 +151,8 @@ impl Refusal {
             Refusal::MethodNotAllowed { .. } => 405,
             Refusal::MissingApiKey | Refusal::InvalidApiKey => 401,
             Refusal::Forbidden => 403,
+            Refusal::MissingToken | Refusal::InvalidToken(_) | Refusal::MissingCredentials => 401,
+            Refusal::InsufficientScope { .. } => 403,
             Refusal::RateLimited { .. } => 429,
             Refusal::RateLimitUnavailable => 503,
             Refusal::PayloadTooLarge => 413,
@@ -163,6 +175,10 @@ impl Refusal {
             Refusal::MissingApiKey => "missing_api_key",
             Refusal::InvalidApiKey => "invalid_api_key",
             Refusal::Forbidden => "forbidden",
+            Refusal::MissingToken => "missing_token",
+            Refusal::InvalidToken(_) => "invalid_token",
+            Refusal::InsufficientScope { .. } => "insufficient_scope",
+            Refusal::MissingCredentials => "missing_credentials",
             Refusal::RateLimited { .. } => "rate_limited",
             Refusal::RateLimitUnavailable => "rate_limit_unavailable",
             Refusal::PayloadTooLarge => "payload_too_large",
@@ -215,6 +231,21 @@ impl Refusal {
             Refusal::RateLimited { retry_after_secs } => {
                 vec![("retry-after", retry_after_secs.max(&1).to_string())]
             }
+            // RFC 6750 §3.
+            Refusal::MissingToken => vec![("www-authenticate", BEARER_CHALLENGE.to_string())],
+            Refusal::InvalidToken(_) => vec![(
+                "www-authenticate",
+                "Bearer error=\"invalid_token\"".to_string(),
+            )],
+            Refusal::InsufficientScope { scope } => vec![(
+                "www-authenticate",
+                format!("Bearer error=\"insufficient_scope\", scope=\"{scope}\""),
+            )],
+            // Both challenges in one field (RFC 9110 §11.6.1 allows a list).
+            Refusal::MissingCredentials => vec![(
+                "www-authenticate",
+                format!("{BEARER_CHALLENGE}, ApiKey header=\"{auth_header}\""),
+            )],
             _ => Vec::new(),
         }
     }
@@ -292,6 +323,37 @@ mod tests {
         assert_eq!(v["error"], "no_route");
         assert_eq!(v["request_id"], "abc");
         assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+
+    #[test]
+    fn bearer_challenges_follow_rfc_6750() {
+        let header = |r: Refusal| r.extra_headers("x-api-key")[0].1.clone();
+        assert_eq!(header(Refusal::MissingToken), "Bearer realm=\"portcullis\"");
+        assert_eq!(
+            header(Refusal::InvalidToken(TokenFault::Expired)),
+            "Bearer error=\"invalid_token\""
+        );
+        assert_eq!(
+            header(Refusal::InsufficientScope {
+                scope: "a b".into()
+            }),
+            "Bearer error=\"insufficient_scope\", scope=\"a b\""
+        );
+        assert_eq!(
+            header(Refusal::MissingCredentials),
+            "Bearer realm=\"portcullis\", ApiKey header=\"x-api-key\""
+        );
+        assert_eq!(
+            Refusal::InsufficientScope {
+                scope: String::new()
+            }
+            .status(),
+            403
+        );
+        assert_eq!(
+            Refusal::InvalidToken(TokenFault::Expired).to_string(),
+            "the bearer token has expired"
+        );
     }
 
     #[test]

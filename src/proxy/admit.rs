@@ -4,9 +4,11 @@
 
 use super::ctx::RequestCtx;
 use super::record;
+use super::token;
 use crate::core::auth::ConsumerId;
 use crate::core::config::LimitBy;
 use crate::core::head;
+use crate::core::jwt::VerifiedToken;
 use crate::core::limit::{Decision, Key, StoreError, Subject, Window};
 use crate::core::reply::Refusal;
 use crate::core::router::{self, host_without_port, Lookup};
@@ -19,6 +21,7 @@ use pingora_http::RequestHeader;
 use pingora_proxy::Session;
 use std::net::IpAddr;
 use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
 /// What admission needs to know of a request.
 pub struct RequestFacts<'a> {
@@ -28,6 +31,8 @@ pub struct RequestFacts<'a> {
     pub host: Option<&'a str>,
     /// The value of the gateway's key header, if sent.
     pub key: Option<&'a [u8]>,
+    /// The `authorization` header, if sent (bearer tokens).
+    pub authorization: Option<&'a [u8]>,
     pub content_length: Option<&'a str>,
     /// The query string, and the client's headers as received (before the
     /// gateway sets any), for routes' `match` conditions.
@@ -45,6 +50,10 @@ impl<'a> RequestFacts<'a> {
                 .or_else(|| req.uri.authority().map(|a| a.as_str()))
                 .map(host_without_port),
             key: req.headers.get(key_header).map(|v| v.as_bytes()),
+            authorization: req
+                .headers
+                .get(http::header::AUTHORIZATION)
+                .map(|v| v.as_bytes()),
             content_length: header(CONTENT_LENGTH),
             query: req.uri.query(),
             headers: &req.headers,
@@ -69,12 +78,17 @@ impl<'a> RequestFacts<'a> {
 /// to answer. From here on the request counts as in flight.
 pub async fn admit_request(session: &Session, ctx: &mut RequestCtx) -> Result<(), Refusal> {
     let gw = ctx.gateway.clone();
-    let admission = admit(
-        &gw,
-        &RequestFacts::of(session.req_header(), &gw.auth_header),
-    );
+    let facts = RequestFacts::of(session.req_header(), &gw.auth_header);
+    let mut admission = admit(&gw, &facts);
+    if let Some(issuer) = admission.await_keys {
+        // An unknown `kid`: once, after the JWKS fetch it asked for.
+        if token::await_keys(&gw, issuer).await {
+            admission = admit(&gw, &facts);
+        }
+    }
     ctx.route = admission.route;
     ctx.consumer = admission.consumer;
+    ctx.token = admission.token;
     record::enter(ctx);
     let route = admission.route.map(|i| &gw.routes[i]);
     if let Some(refusal) = admission.refusal {
@@ -88,7 +102,8 @@ pub async fn admit_request(session: &Session, ctx: &mut RequestCtx) -> Result<()
     };
     ctx.deadline = route.timeout.map(|t| ctx.started + t);
     let client = ctx.client.as_ref().map(|c| c.ip);
-    let charge = charge_rate_limits(&gw, route, ctx.consumer, client).await;
+    let caller = ctx.token.as_ref().map(|t| t.caller);
+    let charge = charge_rate_limits(&gw, route, ctx.consumer, caller, client).await;
     ctx.rate = charge.window;
     charge.refusal.map_or(Ok(()), Err)
 }
@@ -100,6 +115,10 @@ pub struct Admission {
     pub route: Option<usize>,
     pub consumer: Option<ConsumerId>,
     pub refusal: Option<Refusal>,
+    /// The bearer token that was verified, if any.
+    pub token: Option<Arc<VerifiedToken>>,
+    /// An issuer whose JWKS may hold the token's unknown `kid` after a fetch.
+    pub await_keys: Option<usize>,
 }
 
 impl Admission {
@@ -108,6 +127,8 @@ impl Admission {
             route,
             consumer,
             refusal: Some(refusal),
+            token: None,
+            await_keys: None,
         }
     }
 }
@@ -136,6 +157,19 @@ pub fn admit(gw: &Gateway, request: &RequestFacts<'_>) -> Admission {
     };
     let route = &gw.routes[route_index];
     let mut consumer = None;
+    let mut token = None;
+    if route.tokens.mode.takes_tokens() {
+        let judged = token::admit_credentials(gw, route, request.key, request.authorization);
+        if let Some(refusal) = judged.refusal {
+            return Admission {
+                await_keys: judged.await_keys,
+                token: judged.token,
+                ..Admission::refused(Some(route_index), judged.consumer, refusal)
+            };
+        }
+        consumer = judged.consumer;
+        token = judged.token;
+    }
     if route.needs_key {
         let found = request.key.map(|key| gw.keys.find(key));
         consumer = found.flatten();
@@ -160,6 +194,8 @@ pub fn admit(gw: &Gateway, request: &RequestFacts<'_>) -> Admission {
         route: Some(route_index),
         consumer,
         refusal: None,
+        token,
+        await_keys: None,
     }
 }
 
@@ -169,6 +205,10 @@ pub fn count_auth_failure(route: &Route, refusal: &Refusal) {
         Refusal::MissingApiKey => AuthFailure::Missing,
         Refusal::InvalidApiKey => AuthFailure::Invalid,
         Refusal::Forbidden => AuthFailure::Forbidden,
+        Refusal::MissingToken => AuthFailure::MissingToken,
+        Refusal::InvalidToken(_) => AuthFailure::InvalidToken,
+        Refusal::InsufficientScope { .. } => AuthFailure::InsufficientScope,
+        Refusal::MissingCredentials => AuthFailure::MissingCredentials,
         _ => return,
     };
     route.metrics.auth_failure(reason).inc();
@@ -179,6 +219,7 @@ pub fn limit_keys(
     gw: &Gateway,
     route: &Route,
     consumer: Option<ConsumerId>,
+    caller: Option<u64>,
     client: Option<IpAddr>,
 ) -> Vec<Key> {
     let mut keys = Vec::new();
@@ -188,6 +229,10 @@ pub fn limit_keys(
             (LimitBy::Route, _) => Subject::Everyone,
             (LimitBy::Ip, _) => by_ip(),
             (LimitBy::Consumer, Some(id)) => Subject::Consumer(id as u32),
+            // A token that names no consumer: its issuer and `sub` (SPEC §8.1).
+            (LimitBy::Consumer, None) if caller.is_some() => {
+                Subject::Caller(caller.unwrap_or_default())
+            }
             // A route without auth has no consumer: count by address instead.
             (LimitBy::Consumer, None) => by_ip(),
         };
@@ -217,9 +262,10 @@ pub async fn charge_rate_limits(
     gw: &Gateway,
     route: &Route,
     consumer: Option<ConsumerId>,
+    caller: Option<u64>,
     client: Option<IpAddr>,
 ) -> Charge {
-    let keys = limit_keys(gw, route, consumer, client);
+    let keys = limit_keys(gw, route, consumer, caller, client);
     if keys.is_empty() {
         return Charge {
             window: None,
@@ -292,6 +338,7 @@ routes:
             path,
             host: None,
             key: key.map(str::as_bytes),
+            authorization: None,
             content_length: None,
             query: None,
             headers: &NO_HEADERS,
@@ -314,7 +361,9 @@ routes:
             Admission {
                 route: Some(0),
                 consumer: gw.keys.find(b"alice-key"),
-                refusal: None
+                refusal: None,
+                token: None,
+                await_keys: None,
             }
         );
         assert!(admission.consumer.is_some());
@@ -401,16 +450,16 @@ routes:
         let gw = gateway();
         let alice = gw.keys.find(b"alice-key");
         let ip: IpAddr = "192.0.2.1".parse().expect("ip");
-        let keys = limit_keys(&gw, &gw.routes[0], alice, Some(ip));
+        let keys = limit_keys(&gw, &gw.routes[0], alice, None, Some(ip));
         assert_eq!(keys.len(), 1, "alice's own limit");
         assert_eq!(
             keys[0].subject,
             Subject::Consumer(alice.expect("alice") as u32)
         );
-        let keys = limit_keys(&gw, &gw.routes[2], None, Some(ip));
+        let keys = limit_keys(&gw, &gw.routes[2], None, None, Some(ip));
         assert_eq!(keys.len(), 1, "the route's limit, by ip");
         assert_eq!(keys[0].subject, Subject::Ip(ip));
         let bob = gw.keys.find(b"bob-key");
-        assert!(limit_keys(&gw, &gw.routes[3], bob, Some(ip)).is_empty());
+        assert!(limit_keys(&gw, &gw.routes[3], bob, None, Some(ip)).is_empty());
     }
 }

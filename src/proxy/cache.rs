@@ -97,18 +97,27 @@ pub fn key(session: &Session, ctx: &RequestCtx) -> Result<CacheKey> {
         .iter()
         .map(|name| req.headers.get(name).map(HeaderValue::as_bytes))
         .collect();
+    let caller = per_consumer.then(|| caller_key(ctx)).flatten();
     let parts = KeyParts {
         route: &route.name,
         host: &host,
         path: req.uri.path(),
         query: req.uri.query(),
-        consumer: ctx
-            .consumer
-            .filter(|_| per_consumer)
-            .map(|c| ctx.gateway.keys.consumer_name(c)),
+        consumer: caller.as_deref(),
         vary: &vary,
     };
     Ok(CacheKey::new(parts.primary(), route.name.as_str()))
+}
+
+/// Whose entries a request reads on a `per_consumer` route: a consumer by
+/// name (`k:`), or an anonymous bearer-token caller by its issuer and `sub`
+/// (`t:`, SPEC §8.1), so two token holders never share an entry.
+fn caller_key(ctx: &RequestCtx) -> Option<String> {
+    match (ctx.consumer, &ctx.token) {
+        (Some(c), _) => Some(format!("k:{}", ctx.gateway.keys.consumer_name(c))),
+        (None, Some(token)) => Some(format!("t:{:016x}", token.caller)),
+        (None, None) => None,
+    }
 }
 
 /// `response_cache_filter`: whether the upstream's answer is stored, and its

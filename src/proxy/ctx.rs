@@ -3,6 +3,7 @@
 
 use crate::core::auth::ConsumerId;
 use crate::core::forward::{self, Forwarding, X_REQUEST_ID};
+use crate::core::jwt::VerifiedToken;
 use crate::core::limit::Window;
 use crate::core::outlier::Verdict;
 use crate::core::trace::Trace;
@@ -116,6 +117,8 @@ pub struct RequestCtx {
     pub upgrade: bool,
     pub route: Option<usize>,
     pub consumer: Option<ConsumerId>,
+    /// The verified bearer token, on a token route (SPEC §8.1).
+    pub token: Option<Arc<VerifiedToken>>,
     /// The route's timeout, from the request's start.
     pub deadline: Option<Instant>,
     /// The rate-limit window the `ratelimit-*` headers describe.
@@ -154,6 +157,7 @@ impl RequestCtx {
             upgrade: false,
             route: None,
             consumer: None,
+            token: None,
             deadline: None,
             rate: None,
             lease: None,

@@ -151,8 +151,18 @@ impl FanOut {
         let started = Instant::now();
         let outcomes = {
             let (key, len) = ctx.hash_key();
+            let mut base = part_request_base(req);
+            if super::token::rewrite_upstream_request(
+                &mut base,
+                &route.tokens,
+                ctx.token.as_deref(),
+            )
+            .is_err()
+            {
+                return answer::refuse(session, ctx, Refusal::Internal).await;
+            }
             let request = PartRequest {
-                base: part_request_base(req),
+                base,
                 forwarding: ctx.forwarding(),
                 route,
                 hash_key: &key[..len],

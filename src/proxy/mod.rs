@@ -17,14 +17,15 @@
 pub mod admit;
 pub mod answer;
 pub mod attempt;
-pub mod cors;
 pub mod cache;
 pub mod cache_store;
+pub mod cors;
 pub mod ctx;
 pub mod docs;
 pub mod fan_out;
 mod headers;
 pub mod record;
+pub mod token;
 pub mod upstream;
 
 pub use ctx::{in_flight, RequestCtx};

@@ -61,7 +61,11 @@ pub fn record(session: &Session, ctx: &RequestCtx, log_format: LogFormat) {
         method: req.method.as_str(),
         path: req.uri.path(),
         route: &metrics.route,
-        consumer: ctx.consumer.map(|c| gw.keys.consumer_name(c)),
+        // A token naming no consumer is logged by its `sub` (SPEC §8.1).
+        consumer: ctx
+            .consumer
+            .map(|c| gw.keys.consumer_name(c))
+            .or_else(|| ctx.token.as_ref().and_then(|t| t.sub.as_deref())),
         status,
         upstream: upstream_name,
         peer: upstream

@@ -124,6 +124,7 @@ pub fn prepare_request(
     let upstream = &gw.upstreams[upstream_index];
     let destination = attempt::destination(route, upstream, peer);
     rewrite_upstream_request(upstream_request, &ctx.forwarding(), &destination)?;
+    super::token::rewrite_upstream_request(upstream_request, &route.tokens, ctx.token.as_deref())?;
     let absolute_form = !client.raw_path().starts_with(b"/") && client.raw_path() != b"*";
     let uri = &client.uri;
     if let Some(target) =

@@ -125,6 +125,55 @@ impl ServeHttp for DemoService {
     }
 }
 
+/// The demo's token issuer: one Ed25519 key made at start, its JWKS served
+/// at [`JWKS_PATH`], and a ready-made access token signed by it.
+pub struct DemoIssuer {
+    jwks: Vec<u8>,
+}
+
+/// Where the demo issuer serves its key set.
+pub const JWKS_PATH: &str = "/.well-known/jwks.json";
+/// The audience the demo's tokens are for (`auth.jwt` of conf/demo.yaml).
+pub const DEMO_AUDIENCE: &str = "demo-api";
+
+impl DemoIssuer {
+    /// A fresh key; returns the issuer and a token for `sub` valid 24 h.
+    pub fn new(issuer: &str) -> Result<(DemoIssuer, String), String> {
+        use jsonwebtoken::{jwk::Jwk, Algorithm, EncodingKey, Header};
+        let cannot = |e: &dyn std::fmt::Display| format!("demo token key: {e}");
+        let pkey = openssl::pkey::PKey::generate_ed25519().map_err(|e| cannot(&e))?;
+        let der = pkey.private_key_to_pkcs8().map_err(|e| cannot(&e))?;
+        let key = EncodingKey::from_ed_der(&der);
+        let kid = "demo-1";
+        let mut jwk = Jwk::from_encoding_key(&key, Algorithm::EdDSA).map_err(|e| cannot(&e))?;
+        jwk.common.key_id = Some(kid.to_string());
+        let jwks = serde_json::to_vec(&json!({ "keys": [jwk] })).map_err(|e| cannot(&e))?;
+        let now = crate::tables::jwt::unix_now();
+        let claims = json!({
+            "iss": issuer,
+            "sub": "demo-user",
+            "aud": DEMO_AUDIENCE,
+            "scope": "orders:read",
+            "iat": now,
+            "exp": now + 24 * 3600,
+        });
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(kid.to_string());
+        let token = jsonwebtoken::encode(&header, &claims, &key).map_err(|e| cannot(&e))?;
+        Ok((DemoIssuer { jwks }, token))
+    }
+}
+
+#[async_trait]
+impl ServeHttp for DemoIssuer {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        if session.req_header().uri.path() == JWKS_PATH {
+            return Reply::json(200, self.jwks.clone()).into_response();
+        }
+        json_response(StatusCode::NOT_FOUND, json!({"error": "not_found"}))
+    }
+}
+
 /// The first port from `start` up that is free on `ip` and not in `taken`.
 fn next_free_port(ip: std::net::IpAddr, start: u16, taken: &[u16]) -> Option<u16> {
     (start..=u16::MAX)
@@ -140,8 +189,14 @@ pub fn run(listen: SocketAddr, admin: SocketAddr) -> Result<(), String> {
         .ok_or("no free port for the demo user service")?;
     let orders_port = next_free_port(ip, users_port.saturating_add(1), &[admin.port()])
         .ok_or("no free port for the demo order service")?;
+    let issuer_port = next_free_port(ip, orders_port.saturating_add(1), &[admin.port()])
+        .ok_or("no free port for the demo token issuer")?;
     let users = SocketAddr::new(ip, users_port);
     let orders = SocketAddr::new(ip, orders_port);
+    let issuer_addr = SocketAddr::new(ip, issuer_port);
+    let issuer = format!("http://{issuer_addr}/");
+    let jwks_url = format!("http://{issuer_addr}{JWKS_PATH}");
+    let (demo_issuer, token) = DemoIssuer::new(&issuer)?;
     let secret = format!("{:032x}", rand::random::<u128>());
 
     let env = |name: &str| -> Option<String> {
@@ -152,6 +207,8 @@ pub fn run(listen: SocketAddr, admin: SocketAddr) -> Result<(), String> {
             "DEMO_ORDERS" => Some(orders.to_string()),
             "DEMO_API_KEY" => Some(DEMO_API_KEY.to_string()),
             "GATEWAY_SECRET" => Some(secret.clone()),
+            "DEMO_ISSUER" => Some(issuer.clone()),
+            "DEMO_JWKS_URL" => Some(jwks_url.clone()),
             _ => None,
         }
     };
@@ -178,6 +235,9 @@ pub fn run(listen: SocketAddr, admin: SocketAddr) -> Result<(), String> {
         service.add_tcp(&addr.to_string());
         assembled.server.add_service(service);
     }
+    let mut idp = Service::new("demo-issuer".to_string(), demo_issuer);
+    idp.add_tcp(&issuer_addr.to_string());
+    assembled.server.add_service(idp);
 
     let gw = format!("http://{listen}");
     println!(
@@ -187,12 +247,16 @@ pub fn run(listen: SocketAddr, admin: SocketAddr) -> Result<(), String> {
   API docs       http://{admin}/docs   (and {gw}/docs; Authorize with the key, then try it out)
   user service   http://{users}   (refuses requests without the gateway secret)
   order service  http://{orders}
+  token issuer   {issuer}   (JWKS: {jwks_url})
   API key        {DEMO_API_KEY}
+  bearer token   {token}
+                 (a JWT signed by the demo issuer's Ed25519 key: sub demo-user, scope orders:read, valid 24 h)
 
 Try:
   curl -i {gw}/users/1 -H 'x-api-key: {DEMO_API_KEY}'
   curl -i '{gw}/orders?user_id=1' -H 'x-api-key: {DEMO_API_KEY}'
   curl -s {gw}/overview/users/1 -H 'x-api-key: {DEMO_API_KEY}'   # users + orders in one call
+  curl -i '{gw}/orders?user_id=1' -H 'authorization: Bearer {token}'   # the token instead of the key
   curl -i {gw}/users/1                                  # 401 missing_api_key
   curl -i {gw}/users/1 -H 'x-api-key: wrong'            # 401 invalid_api_key
   curl -i http://{users}/users/1                        # 403: the backend wants the gateway secret
@@ -216,6 +280,8 @@ mod tests {
                 "DEMO_ADMIN" => "127.0.0.1:9100".into(),
                 "DEMO_USERS" => "127.0.0.1:8001".into(),
                 "DEMO_ORDERS" => "127.0.0.1:8002".into(),
+                "DEMO_ISSUER" => "http://127.0.0.1:8003/".into(),
+                "DEMO_JWKS_URL" => "http://127.0.0.1:8003/.well-known/jwks.json".into(),
                 _ => "x".into(),
             })
         };

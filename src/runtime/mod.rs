@@ -5,6 +5,7 @@ pub mod admin;
 pub mod cache_admin;
 pub mod demo;
 pub mod health;
+pub mod jwks;
 pub mod openapi;
 pub mod reload;
 pub mod server;

@@ -5,6 +5,7 @@
 //! as written and says in `x-portcullis-match` that deeper paths match too,
 //! since OpenAPI paths cannot express a prefix.
 
+use crate::core::config::AuthMode;
 use crate::core::router::{Pattern, Segment};
 use crate::tables::{Gateway, Route, Target};
 use http::Method;
@@ -28,6 +29,23 @@ fn refusals(route: &Route) -> Vec<(&'static str, &'static str)> {
     if route.needs_key {
         out.push(("401", "missing_api_key or invalid_api_key"));
         out.push(("403", "forbidden: this consumer may not use this route"));
+    }
+    match route.tokens.mode {
+        AuthMode::Jwt => {
+            out.push((
+                "401",
+                "missing_token or invalid_token (with www-authenticate: Bearer)",
+            ));
+            out.push(("403", "insufficient_scope or forbidden"));
+        }
+        AuthMode::Any => {
+            out.push((
+                "401",
+                "missing_credentials, invalid_token, invalid_api_key or missing_token",
+            ));
+            out.push(("403", "insufficient_scope or forbidden"));
+        }
+        AuthMode::ApiKey | AuthMode::None => {}
     }
     if route.rate_limit.is_some() {
         out.push(("429", "rate_limited (with retry-after)"));
@@ -85,10 +103,13 @@ fn operation(route: &Route, method: &Method, params: &[String]) -> Value {
             json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}})
         })
         .collect();
-    let security = if route.needs_key {
-        json!([{"apiKey": []}])
-    } else {
-        json!([])
+    let scopes = &route.tokens.scopes;
+    // Several requirement objects are alternatives: either one suffices.
+    let security = match route.tokens.mode {
+        AuthMode::Jwt => json!([{"bearer": scopes}]),
+        AuthMode::Any => json!([{"apiKey": []}, {"bearer": scopes}]),
+        _ if route.needs_key => json!([{"apiKey": []}]),
+        _ => json!([]),
     };
     let mut op = json!({
         "operationId": format!("{}_{}", route.name, method.as_str().to_ascii_lowercase()),
@@ -140,6 +161,12 @@ pub fn document(gw: &Gateway) -> Value {
         "components": {
             "securitySchemes": {
                 "apiKey": {"type": "apiKey", "in": "header", "name": gw.auth_header.as_str()},
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "An OAuth 2.0 / OpenID Connect access token (JWT) of a configured issuer.",
+                },
             },
             "schemas": {
                 "Error": {

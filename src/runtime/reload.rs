@@ -60,6 +60,9 @@ impl Reloader {
         if !gateway.limiter.keep_counts_from(&previous.limiter) {
             log::info!("reload: rate limits changed, their counts start afresh");
         }
+        if let (Some(jwt), Some(old)) = (gateway.jwt.as_mut(), previous.jwt.as_ref()) {
+            jwt.keep_keys_from(old);
+        }
         let needs_restart = self.started.changed_in(&Plan::from_config(&config));
         for field in &needs_restart {
             log::warn!(

@@ -254,6 +254,7 @@ pub fn run(assembled: Assembled) {
         server.configuration.upgrade_sock
     );
     let tables_for_checks = tables.clone();
+    let tables_for_keys = tables.clone();
     // Background services, not threads: threads started before `run` would be
     // lost when `--daemon` forks.
     server.add_service(background_service(
@@ -270,6 +271,12 @@ pub fn run(assembled: Assembled) {
         "health checks",
         HealthChecker {
             tables: tables_for_checks,
+        },
+    ));
+    server.add_service(background_service(
+        "jwks",
+        super::jwks::JwksFetcher {
+            tables: tables_for_keys,
         },
     ));
     server.run(pingora_core::server::RunArgs::default());

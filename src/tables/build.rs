@@ -27,7 +27,9 @@ pub(super) fn gateway(cx: &mut Cx<'_>, config: &Config) -> Gateway {
     let (keys, consumer_limits) = build_consumers(cx, config, &mut limits);
     let (routes, route_specs) = build_routes(cx, config, &upstream_names, &keys, &mut limits);
     let limiter = Limiter::new(limits, build_store(cx, config), on_store_error(config));
+    let jwt = super::jwt::TokenIssuers::build(cx, config);
     Gateway {
+        jwt,
         router: Router::new(route_specs),
         routes,
         secret_headers: secret_headers(&upstreams),
@@ -180,6 +182,7 @@ fn build_routes(
             }
         };
         let metrics = RouteMetrics::new(&r.name.value);
+        let tokens = route_tokens(r, &metrics);
         let target = if let Some(respond) = &r.respond {
             let body = Bytes::from(respond.body.clone().unwrap_or_default());
             let mut reply = Reply::new(respond.status.value).body(body);
@@ -232,7 +235,9 @@ fn build_routes(
             methods,
             metrics,
             target,
-            needs_key: r.auth.unwrap_or_default() == config::AuthMode::ApiKey,
+            needs_key: r.auth.as_ref().map(|a| a.value).unwrap_or_default()
+                == config::AuthMode::ApiKey,
+            tokens,
             consumers: r.consumers.as_ref().map(|names| {
                 names
                     .iter()
@@ -273,6 +278,34 @@ fn cors_policy(conf: &config::Cors, route_methods: Option<&Vec<Method>>) -> cors
         credentials: conf.credentials.as_ref().is_some_and(|c| c.value),
         max_age_secs: conf.max_age.map(|d| d.as_secs()),
     })
+}
+
+/// A route's `auth`, `scopes`, `claims_to_headers` and `forward_token`.
+fn route_tokens(r: &config::Route, metrics: &RouteMetrics) -> super::RouteTokens {
+    let mode = r.auth.as_ref().map(|a| a.value).unwrap_or_default();
+    if mode.takes_tokens() {
+        metrics.token_failures_from_zero();
+    }
+    let scopes = r
+        .scopes
+        .as_ref()
+        .map(|s| s.value.clone())
+        .unwrap_or_default();
+    super::RouteTokens {
+        mode,
+        scope_text: scopes.join(" "),
+        scopes,
+        claims_to_headers: r
+            .claims_to_headers
+            .iter()
+            .flat_map(|t| t.value.0.iter())
+            .filter_map(|(name, claim)| {
+                let header = HeaderName::from_bytes(name.value.to_ascii_lowercase().as_bytes());
+                Some((header.ok()?, claim.clone()))
+            })
+            .collect(),
+        forward_token: r.forward_token.as_ref().is_some_and(|f| f.value),
+    }
 }
 
 /// A route's `request_headers` or `response_headers`.

@@ -42,10 +42,12 @@ pub(super) fn limits(config: &Config) -> Option<CacheLimits> {
 }
 
 /// A route's `cache:`, with defaults: `per_consumer` is on where the route
-/// needs a key, so one consumer's answers never reach another.
+/// needs a credential (a key or a bearer token), so one caller's answers never
+/// reach another.
 pub(super) fn route(name: &str, conf: &config::Route) -> Option<RouteCache> {
     let cache = &conf.cache.as_ref()?.value;
-    let needs_key = conf.auth.unwrap_or_default() == config::AuthMode::ApiKey;
+    let needs_key =
+        conf.auth.as_ref().map(|a| a.value).unwrap_or_default() != config::AuthMode::None;
     Some(RouteCache {
         policy: RoutePolicy {
             ttl: cache.ttl.unwrap_or(DEFAULT_TTL),

@@ -4,7 +4,9 @@
 mod build;
 pub mod cache;
 pub mod certs;
+pub mod jwt;
 pub mod plan;
+mod token_memory;
 pub mod upstream;
 
 use crate::core::aggregate::PartTemplate;
@@ -68,6 +70,8 @@ pub struct Route {
     pub target: Target,
     /// Whether an API key is needed.
     pub needs_key: bool,
+    /// Bearer tokens on this route (`auth: jwt | any`, SPEC §8.1).
+    pub tokens: RouteTokens,
     /// Consumers allowed; `None`: every consumer.
     pub consumers: Option<Vec<ConsumerId>>,
     pub request_headers: HeaderRules,
@@ -85,11 +89,26 @@ pub struct Route {
     pub cache: Option<cache::RouteCache>,
 }
 
+/// What a route asks of bearer tokens.
+#[derive(Debug, Clone, Default)]
+pub struct RouteTokens {
+    pub mode: config::AuthMode,
+    /// Every one needed (`scopes`), and as the challenge's `scope="..."`.
+    pub scopes: Vec<String>,
+    pub scope_text: String,
+    /// Upstream headers set from claims: (header, claim).
+    pub claims_to_headers: Vec<(HeaderName, String)>,
+    /// `authorization` goes upstream (`forward_token: true`).
+    pub forward_token: bool,
+}
+
 pub struct Gateway {
     pub router: Router,
     pub routes: Vec<Route>,
     pub upstreams: Vec<Upstream>,
     pub keys: KeyStore,
+    /// `auth.jwt`: token issuers, their keys, verified tokens remembered.
+    pub jwt: Option<jwt::TokenIssuers>,
     /// Each consumer's own limit (index in the limiter), by consumer id.
     pub consumer_limits: Vec<Option<u32>>,
     pub limiter: Limiter,

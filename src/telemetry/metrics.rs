@@ -30,6 +30,8 @@ pub struct Families {
     pub config_reloads: IntCounterVec,
     pub rate_limit_store_errors: IntCounterVec,
     pub peer_up: IntGaugeVec,
+    /// JWKS fetches per token issuer (SPEC §8.1).
+    pub jwks_refreshes: IntCounterVec,
     /// Client connections open now (HTTP/1 and HTTP/2, admin excluded).
     pub connections_open: IntGauge,
     /// When the configuration in force was loaded: at start, then each reload.
@@ -122,7 +124,7 @@ pub fn families() -> &'static Families {
             auth_failures: counter(
                 reg,
                 "portcullis_auth_failures_total",
-                "Requests refused by API-key authentication.",
+                "Requests refused by authentication (API key or bearer token).",
                 &["route", "reason"],
             ),
             rate_limited: counter(
@@ -136,6 +138,12 @@ pub fn families() -> &'static Families {
                 "portcullis_upstream_errors_total",
                 "Failures talking to upstream peers.",
                 &["route", "upstream", "kind"],
+            ),
+            jwks_refreshes: counter(
+                reg,
+                "portcullis_jwks_refreshes_total",
+                "JWKS fetches of token issuers, by issuer and result (ok, error).",
+                &["issuer", "result"],
             ),
             config_reloads: counter(
                 reg,
@@ -263,6 +271,41 @@ pub enum AuthFailure {
     Missing,
     Invalid,
     Forbidden,
+    MissingToken,
+    InvalidToken,
+    InsufficientScope,
+    MissingCredentials,
+}
+
+impl AuthFailure {
+    /// The bearer-token reasons (SPEC §8.1), exported from zero on routes that take tokens.
+    pub const TOKEN_REASONS: [AuthFailure; 4] = [
+        AuthFailure::MissingToken,
+        AuthFailure::InvalidToken,
+        AuthFailure::InsufficientScope,
+        AuthFailure::MissingCredentials,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "missing_api_key",
+            AuthFailure::Invalid => "invalid_api_key",
+            AuthFailure::Forbidden => "forbidden",
+            AuthFailure::MissingToken => "missing_token",
+            AuthFailure::InvalidToken => "invalid_token",
+            AuthFailure::InsufficientScope => "insufficient_scope",
+            AuthFailure::MissingCredentials => "missing_credentials",
+        }
+    }
+}
+
+/// Exports an issuer's `jwks_refreshes_total` series from zero.
+pub fn jwks_refreshes_from_zero(issuer: &str) {
+    for result in ["ok", "error"] {
+        families()
+            .jwks_refreshes
+            .with_label_values(&[issuer, result]);
+    }
 }
 
 /// What went wrong with an upstream, as the `kind` label.
@@ -364,11 +407,22 @@ impl RouteMetrics {
         }
     }
 
-    pub fn auth_failure(&self, reason: AuthFailure) -> &IntCounter {
+    pub fn auth_failure(&self, reason: AuthFailure) -> IntCounter {
         match reason {
-            AuthFailure::Missing => &self.auth_missing,
-            AuthFailure::Invalid => &self.auth_invalid,
-            AuthFailure::Forbidden => &self.auth_forbidden,
+            AuthFailure::Missing => self.auth_missing.clone(),
+            AuthFailure::Invalid => self.auth_invalid.clone(),
+            AuthFailure::Forbidden => self.auth_forbidden.clone(),
+            // Token refusals are rarer: the labelled handle is looked up then.
+            token => families()
+                .auth_failures
+                .with_label_values(&[self.route.as_str(), token.label()]),
+        }
+    }
+
+    /// Exports the bearer-token reasons of this route from zero.
+    pub fn token_failures_from_zero(&self) {
+        for reason in AuthFailure::TOKEN_REASONS {
+            self.auth_failure(reason);
         }
     }
 

@@ -4,6 +4,7 @@
 mod browser;
 pub mod decode;
 pub mod error;
+pub mod jwt;
 pub mod routing;
 pub mod schema;
 pub mod types;
@@ -154,6 +155,7 @@ fn validate(cx: &mut Cx<'_>, config: &Config) {
     validate_store(cx, config);
     browser::check_docs(cx, config);
     validate_cache(cx, config);
+    jwt::validate_jwt(cx, config);
 }
 
 /// The header clients send their key in (`auth.header`, default `x-api-key`).
@@ -202,11 +204,13 @@ fn validate_cache(cx: &mut Cx<'_>, config: &Config) {
                 "`cache` applies to routes with an `upstream` only",
             );
         }
-        if route.auth == Some(AuthMode::None) && cache.value.per_consumer == Some(true) {
+        if route.auth.as_ref().map(|a| a.value) == Some(AuthMode::None)
+            && cache.value.per_consumer == Some(true)
+        {
             cx.error_at(
                 &format!("{path}.per_consumer"),
                 cache.mark,
-                "`per_consumer` needs `auth: api_key`: with `auth: none` nobody is identified",
+                "`per_consumer` needs a route with auth: with `auth: none` nobody is identified",
             );
         }
     }
@@ -422,13 +426,15 @@ fn validate_routes(
                 );
             }
         }
-        if route.consumers.is_some() && route.auth == Some(AuthMode::None) {
+        if route.consumers.is_some() && route.auth.as_ref().map(|a| a.value) == Some(AuthMode::None)
+        {
             cx.error_at(
                 &format!("{path}.consumers"),
                 route.name.mark,
-                "`consumers` needs `auth: api_key`: with `auth: none` nobody is identified",
+                "`consumers` needs `auth: api_key`, `jwt` or `any`: with `auth: none` nobody is identified",
             );
         }
+        jwt::check_route(cx, &path, route, config);
         if let Some(limit) = &route.rate_limit {
             check_rate_limit(cx, &format!("{path}.rate_limit"), &limit.value);
         }

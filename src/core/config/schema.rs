@@ -110,8 +110,88 @@ decode_enum!(LogFormat { "json" => Json, "text" => Text });
 #[derive(Debug, Clone)]
 pub struct AuthConf {
     pub header: Option<HeaderName>,
+    pub jwt: Option<Spanned<JwtConf>>,
 }
-decode_struct!(AuthConf { header });
+decode_struct!(AuthConf { header, jwt });
+
+/// `auth.jwt` (SPEC §8.1): who may issue bearer tokens, and how to read them.
+#[derive(Debug, Clone)]
+pub struct JwtConf {
+    pub issuers: Spanned<Indexed<JwtIssuer>>,
+    pub consumer_claim: Option<String>,
+    pub leeway: Option<Duration>,
+}
+decode_struct!(JwtConf {
+    issuers,
+    consumer_claim,
+    leeway
+});
+
+/// One token issuer and where its keys come from (one of `jwks_url`,
+/// `jwks_file`, `secret`).
+#[derive(Debug, Clone)]
+pub struct JwtIssuer {
+    pub issuer: Spanned<String>,
+    pub audiences: Option<Vec<String>>,
+    pub jwks_url: Option<Spanned<String>>,
+    pub jwks_file: Option<Spanned<String>>,
+    pub secret: Option<Spanned<String>>,
+    pub algorithms: Option<Spanned<Vec<Spanned<JwtAlgorithm>>>>,
+    pub jwks_refresh: Option<Spanned<Duration>>,
+}
+decode_struct!(JwtIssuer {
+    issuer,
+    audiences,
+    jwks_url,
+    jwks_file,
+    secret,
+    algorithms,
+    jwks_refresh
+});
+
+/// A JWS `alg` an issuer's tokens may use. `none` decodes so that validation
+/// can say plainly why it is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JwtAlgorithm {
+    None,
+    HS256,
+    HS384,
+    HS512,
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    EdDSA,
+}
+decode_enum!(JwtAlgorithm {
+    "none" => None,
+    "HS256" => HS256,
+    "HS384" => HS384,
+    "HS512" => HS512,
+    "RS256" => RS256,
+    "RS384" => RS384,
+    "RS512" => RS512,
+    "PS256" => PS256,
+    "PS384" => PS384,
+    "PS512" => PS512,
+    "ES256" => ES256,
+    "ES384" => ES384,
+    "EdDSA" => EdDSA,
+});
+
+impl JwtAlgorithm {
+    /// HMAC with a shared secret (`secret:` only).
+    pub fn is_hmac(self) -> bool {
+        matches!(
+            self,
+            JwtAlgorithm::HS256 | JwtAlgorithm::HS384 | JwtAlgorithm::HS512
+        )
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Consumer {
@@ -264,8 +344,11 @@ pub struct Route {
     pub host: Option<String>,
     pub exact: Option<bool>,
     pub upstream: Option<Spanned<String>>,
-    pub auth: Option<AuthMode>,
+    pub auth: Option<Spanned<AuthMode>>,
     pub consumers: Option<Indexed<Spanned<String>>>,
+    pub scopes: Option<Spanned<Vec<String>>>,
+    pub claims_to_headers: Option<Spanned<Table<String>>>,
+    pub forward_token: Option<Spanned<bool>>,
     pub rate_limit: Option<Spanned<RateLimit>>,
     pub request_headers: Option<HeaderRules>,
     pub response_headers: Option<HeaderRules>,
@@ -290,6 +373,9 @@ decode_struct!(Route {
     upstream,
     auth,
     consumers,
+    scopes,
+    claims_to_headers,
+    forward_token,
     rate_limit,
     request_headers,
     response_headers,
@@ -317,9 +403,20 @@ decode_struct!(RouteMatch { headers, query });
 pub enum AuthMode {
     #[default]
     ApiKey,
+    /// A bearer token (SPEC §8.1).
+    Jwt,
+    /// An API key or a bearer token.
+    Any,
     None,
 }
-decode_enum!(AuthMode { "api_key" => ApiKey, "none" => None });
+decode_enum!(AuthMode { "api_key" => ApiKey, "jwt" => Jwt, "any" => Any, "none" => None });
+
+impl AuthMode {
+    /// Whether bearer tokens are read on such a route.
+    pub fn takes_tokens(self) -> bool {
+        matches!(self, AuthMode::Jwt | AuthMode::Any)
+    }
+}
 
 #[derive(Debug, Clone, Default)]
 pub struct HeaderRules {

@@ -664,7 +664,7 @@ routes:
         "gateway.yaml:4:17: limits.idle_timeout: expected a duration like \"10s\", found \"forever\"",
         "gateway.yaml:8:14: upstreams.users.balance: expected one of round_robin random least_connections consistent_hash, found \"fastest\"",
         "gateway.yaml:13:15: routes[0].max_body: expected a size like \"512KiB\" or \"1MiB\", found \"lots\"",
-        "gateway.yaml:14:5: routes[0].colour: unknown field, expected one of: name, path, methods, host, exact, upstream, auth, consumers, rate_limit, request_headers, response_headers, strip_prefix, preserve_host, max_body, timeout, respond, aggregate, max_part_body, match, cors, cache",
+        "gateway.yaml:14:5: routes[0].colour: unknown field, expected one of: name, path, methods, host, exact, upstream, auth, consumers, scopes, claims_to_headers, forward_token, rate_limit, request_headers, response_headers, strip_prefix, preserve_host, max_body, timeout, respond, aggregate, max_part_body, match, cors, cache",
     ];
     assert_eq!(render(&errors), expected.join("\n"));
 }
@@ -1085,7 +1085,7 @@ routes:
     let expected = [
         "gateway.yaml:3:38: cache.max_object: 2097152 is larger than `max_size` (1048576 bytes): nothing that large could be stored",
         "gateway.yaml:10:12: routes[0].cache: `cache` applies to routes with an `upstream` only",
-        "gateway.yaml:15:12: routes[1].cache.per_consumer: `per_consumer` needs `auth: api_key`: with `auth: none` nobody is identified",
+        "gateway.yaml:15:12: routes[1].cache.per_consumer: `per_consumer` needs a route with auth: with `auth: none` nobody is identified",
         "gateway.yaml:15:19: routes[1].cache.ttl: expected a duration like \"10s\", found \"soon\"",
         "gateway.yaml:15:45: routes[1].cache.colour: unknown field, expected one of: ttl, vary, per_consumer, stale_while_revalidate, stale_if_error",
     ];

@@ -16,6 +16,9 @@ pub enum Subject {
     Everyone,
     Consumer(u32),
     Ip(IpAddr),
+    /// A bearer-token caller that is no consumer: its issuer and `sub`,
+    /// digested (`core::jwt::caller_id`).
+    Caller(u64),
 }
 
 /// One counter: which limit, whose requests.

@@ -101,6 +101,7 @@ impl RedisStore {
             Subject::Everyone => format!("{}{}", self.prefix, spec.name),
             Subject::Consumer(id) => format!("{}{}:c{id}", self.prefix, spec.name),
             Subject::Ip(ip) => format!("{}{}:{ip}", self.prefix, spec.name),
+            Subject::Caller(id) => format!("{}{}:t{id:016x}", self.prefix, spec.name),
         }
     }
 
