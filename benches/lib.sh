@@ -34,7 +34,13 @@ worker_processes 1; daemon off; pid $work/backend.pid; error_log $work/backend.e
 events { worker_connections 4096; }
 http { access_log off;
   server { listen 127.0.0.1:$1; keepalive_requests 100000;
-    location / { default_type application/json; return 200 '{"ok":true}'; } } }
+    location / { default_type application/json; return 200 '{"ok":true}'; }
+    # For load.sh's check that a gateway did the job: the secret injected and
+    # the client's key removed (never loaded).
+    location = /users/secret-check { default_type application/json;
+      if (\$http_x_gateway_secret != "bench-secret") { return 403 '{"secret":false}'; }
+      if (\$http_x_api_key) { return 409 '{"key_forwarded":true}'; }
+      return 200 '{"ok":true}'; } } }
 NGINX
   taskset -c "${2:-0}" nginx -c "$work/backend.conf" -p "$work" & pids+=($!)
   wait_port "$1"
