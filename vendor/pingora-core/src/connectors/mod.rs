@@ -321,7 +321,7 @@ impl TransportConnector {
                         // test_reusable_stream: we assume server would never actively send data
                         // first on an idle stream.
                         #[cfg(unix)]
-                        if peer.matches_fd(stream.id())
+                        if stream_matches_peer(peer, &stream)
                             && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
                         {
                             Some(stream)
@@ -538,6 +538,23 @@ impl PreferredHttpVersion {
 use futures::future::FutureExt;
 use tokio::io::AsyncReadExt;
 
+/// Whether a pooled `stream` is connected to `peer` (the pool is keyed by a hash).
+/// The address recorded when the stream connected answers without a `getpeername`
+/// syscall per reuse: a connected socket's peer never changes. Peers behind a proxy,
+/// and streams without a recorded address, still ask the socket.
+#[cfg(unix)]
+fn stream_matches_peer<P: Peer>(peer: &P, stream: &Stream) -> bool {
+    if peer.get_proxy().is_none() {
+        let recorded = stream
+            .get_socket_digest()
+            .and_then(|digest| digest.peer_addr.get().cloned().flatten());
+        if let Some(addr) = recorded {
+            return &addr == peer.address();
+        }
+    }
+    peer.matches_fd(stream.id())
+}
+
 /// Test whether a stream is already closed or not reusable (server sent unexpected data)
 fn test_reusable_stream(stream: &mut Stream, unexpected_data_conn_count: &AtomicU64) -> bool {
     let mut buf = [0; 1];
@@ -733,6 +750,19 @@ mod tests {
                 .unwrap_or_else(|| panic!("round {round}: the pooled stream was lost"));
         }
         server.abort();
+    }
+
+    // A pooled stream is matched to its peer by the address recorded at connect.
+    #[tokio::test]
+    async fn test_stream_matches_peer_by_recorded_address() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let other = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let connector = TransportConnector::new(None);
+        let peer = BasicPeer::new(&listener.local_addr().unwrap().to_string());
+        let stream = connector.new_stream(&peer).await.unwrap();
+        assert!(stream_matches_peer(&peer, &stream));
+        let elsewhere = BasicPeer::new(&other.local_addr().unwrap().to_string());
+        assert!(!stream_matches_peer(&elsewhere, &stream));
     }
 
     // Without idle watch tasks, a pooled connection the server closed or one past its
