@@ -278,7 +278,12 @@ async fn read_head(
         // unparks the driver through its eventfd, one more syscall a request.
         let left = deadline.saturating_duration_since(Instant::now());
         let got = pingora_timeout::timeout(left, async {
-            if idle {
+            if idle && first {
+                // A new connection's first request is served even while the
+                // server stops: it was accepted before the listener closed, and
+                // its bytes may simply not be here yet.
+                first_bytes(stream, &mut read).await.ok()
+            } else if idle {
                 // Between requests a stopping server closes the connection.
                 tokio::select! {
                     biased;
