@@ -76,7 +76,7 @@ for i in range(n):
 time.sleep(2)
 open(sys.argv[3], "w").write("ready")
 # hold the connections until the caller has read the RSS
-while open(sys.argv[3]).read() != "done":
+while open(sys.argv[3]).read().strip() != "done":
     time.sleep(0.1)
 PY
   local client=$!
@@ -85,7 +85,7 @@ PY
     sleep 0.2
   done
   with=$(rss "$3")
-  echo done > "$work/with"
+  printf done > "$work/with"
   wait "$client"
   rm -f "$work/with"
   python3 -c "

@@ -32,6 +32,8 @@ source "$(dirname "$0")/lib.sh"
 SECS=${SECS:-5}
 LOADS=${LOADS:-"50 500"}
 need nginx wrk
+[ -e /usr/lib/nginx/modules/ngx_http_lua_module.so ] ||
+  { echo "missing: nginx's Lua module (apt-get install -y libnginx-mod-http-lua)" >&2; exit 1; }
 release_build
 
 backend=$(free_port); gw=$(free_port); admin=$(free_port); ngx=$(free_port); floor=$(free_port)
