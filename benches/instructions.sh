@@ -10,6 +10,8 @@
 #
 #   bash benches/instructions.sh        N1=200 N2=1200 bash benches/instructions.sh
 #   CG_OUT=/tmp/cg.out bash benches/instructions.sh && callgrind_annotate /tmp/cg.out
+#   python3 benches/cg_per_request.py /tmp/cg.out 1500    per request, per function
+#   PORTCULLIS_BIN=a FLOOR_BIN=b bash benches/instructions.sh    measure copies of builds
 source "$(dirname "$0")/lib.sh"
 need nginx valgrind python3
 release_build
@@ -31,8 +33,10 @@ count() { # requests [floor] -> total instructions
   grep -oP '^(summary|totals): \K[0-9]+' "$work/cg.$1" | head -1
 }
 ir1=$(count "$N1") ir2=$(count "$N2")
-# CG_OUT=file keeps the larger run's profile for callgrind_annotate.
-[ -z "${CG_OUT:-}" ] || cp "$work/cg.$N2" "$CG_OUT"
+# CG_OUT=file keeps the larger run's profile for callgrind_annotate, and the
+# smaller one as file.short: benches/cg_per_request.py subtracts them into
+# instructions per request for each function.
+[ -z "${CG_OUT:-}" ] || { cp "$work/cg.$N2" "$CG_OUT"; cp "$work/cg.$N1" "$CG_OUT.short"; }
 per_request() { python3 -c "print(round(($2 - $1) / ($N2 - $N1)))"; }
 ours=$(per_request "$ir1" "$ir2")
 python3 -c "print(f'instructions per request: {$ours:,}  ({$N1} and {$N2} requests: {$ir1:,} and {$ir2:,})')"

@@ -16,13 +16,15 @@ need() { # tools...
 }
 # Bare Pingora doing the bench job (benches/pingora_floor.rs): the reference
 # that tells Pingora's own cost from ours.
-FLOOR=target/release/examples/pingora_floor
+FLOOR=${FLOOR_BIN:-target/release/examples/pingora_floor}
 # Builds (or finds up to date) the gateway and the floor, unless PORTCULLIS_BIN
-# names a gateway binary to measure instead.
+# (and FLOOR_BIN) name binaries to measure instead, e.g. copies of two builds
+# to compare.
 release_build() {
-  local targets=(--example pingora_floor)
+  local targets=()
+  [ -n "${FLOOR_BIN:-}" ] || targets+=(--example pingora_floor)
   [ -n "${PORTCULLIS_BIN:-}" ] || targets+=(--bin portcullis)
-  cargo build --release --locked "${targets[@]}"
+  [ ${#targets[@]} -eq 0 ] || cargo build --release --locked "${targets[@]}"
 }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
@@ -34,7 +36,13 @@ worker_processes 1; daemon off; pid $work/backend.pid; error_log $work/backend.e
 events { worker_connections 4096; }
 http { access_log off;
   server { listen 127.0.0.1:$1; keepalive_requests 100000;
-    location / { default_type application/json; return 200 '{"ok":true}'; } } }
+    location / { default_type application/json; return 200 '{"ok":true}'; }
+    # For load.sh's check that a gateway did the job: the secret injected and
+    # the client's key removed (never loaded).
+    location = /users/secret-check { default_type application/json;
+      if (\$http_x_gateway_secret != "bench-secret") { return 403 '{"secret":false}'; }
+      if (\$http_x_api_key) { return 409 '{"key_forwarded":true}'; }
+      return 200 '{"ok":true}'; } } }
 NGINX
   taskset -c "${2:-0}" nginx -c "$work/backend.conf" -p "$work" & pids+=($!)
   wait_port "$1"

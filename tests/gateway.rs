@@ -393,9 +393,10 @@ fn respond_routes_are_answered_by_the_gateway() {
 
 #[test]
 fn keep_alive_reuses_backend_connections() {
-    // One worker thread runs a current-thread runtime, several a work-stealing
-    // one (server.rs); both must reuse pooled upstream connections.
-    for threads in ["threads: 1", "threads: 2"] {
+    // Every worker thread runs its own current-thread runtime (server.rs) and
+    // they share one upstream pool: a connection released by one worker and
+    // picked by another must be reused (cloudflare/pingora#998, vendor/patches/0001).
+    for threads in ["threads: 1", "threads: 2", "threads: 4"] {
         let backend = Backend::echo();
         let config = users_config(&backend, "").replace("threads: 2", threads);
         let gw = Gateway::start_with_env(&config, &[("GATEWAY_SECRET", SECRET)]);

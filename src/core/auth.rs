@@ -13,9 +13,14 @@ pub type KeyHash = [u8; 32];
 /// The index of a consumer in the compiled table.
 pub type ConsumerId = usize;
 
-/// SHA-256 of a key.
+/// SHA-256 of a key. Through OpenSSL's SHA-256 context, not its one-shot
+/// `SHA256()`: on OpenSSL 3 that goes through `EVP_Q_digest`, which looks the
+/// algorithm up and allocates a context on every call (~2.3k instructions a
+/// request, benches/instructions.sh).
 pub fn hash_key(key: &[u8]) -> KeyHash {
-    openssl::sha::sha256(key)
+    let mut hasher = openssl::sha::Sha256::new();
+    hasher.update(key);
+    hasher.finish()
 }
 
 /// Parses `sha256:<64 hex digits>` (case-insensitive hex).

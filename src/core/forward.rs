@@ -195,6 +195,23 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
+/// Removes those of `names` the head carries. One pass over its fields decides
+/// whether there is anything to do: most heads carry none of these, and
+/// removing an absent name still hashes it and probes the map (~180
+/// instructions a name, benches/instructions.sh).
+fn remove_all<H: HeaderEdit>(head: &mut H, names: &[HeaderName]) {
+    if head.headers().keys().any(|present| names.contains(present)) {
+        for name in names {
+            head.remove(name);
+        }
+    }
+}
+
+/// Removed from a request that does not switch protocols.
+const UPGRADE_ONLY: [HeaderName; 2] = [header::UPGRADE, HTTP2_SETTINGS];
+/// Client-address claims, removed unless a trusted proxy sent them.
+const ADDRESS_CLAIMS: [HeaderName; 2] = [FORWARDED, X_REAL_IP];
+
 /// A request or response head whose headers the policy below edits.
 pub trait HeaderEdit {
     type Error;
@@ -283,20 +300,16 @@ pub fn rewrite_upstream_request<H: HeaderEdit>(
             req.remove(name);
         }
     }
-    for name in &HOP_BY_HOP {
-        req.remove(name);
-    }
+    remove_all(req, &HOP_BY_HOP);
     if is_upgrade {
         req.insert(header::CONNECTION, HeaderValue::from_static("upgrade"))?;
     } else {
-        req.remove(&header::UPGRADE);
-        req.remove(&HTTP2_SETTINGS);
+        remove_all(req, &UPGRADE_ONLY);
     }
     if !forwarding.peer_trusted {
         // Like `x-forwarded-for`: a client's own claim of its address is not
         // passed to a backend that may believe it.
-        req.remove(&FORWARDED);
-        req.remove(&X_REAL_IP);
+        remove_all(req, &ADDRESS_CLAIMS);
     }
     // Two equal lengths passed the head gate (different ones are refused):
     // the upstream gets one, so no parser downstream can read two.
@@ -349,9 +362,7 @@ pub fn rewrite_upstream_response<H: HeaderEdit>(
     switching_protocols: bool,
     route_headers: &HeaderRules,
 ) -> Result<(), H::Error> {
-    for name in secret_headers {
-        resp.remove(name);
-    }
+    remove_all(resp, secret_headers);
     for name in &connection_names(resp.headers()) {
         // The body's framing is Pingora's to read and rewrite, whatever the
         // upstream lists: removing it here would leave the answer unframed.
@@ -361,9 +372,7 @@ pub fn rewrite_upstream_response<H: HeaderEdit>(
             resp.remove(name);
         }
     }
-    for name in &HOP_BY_HOP {
-        resp.remove(name);
-    }
+    remove_all(resp, &HOP_BY_HOP);
     if switching_protocols {
         resp.insert(header::CONNECTION, HeaderValue::from_static("upgrade"))?;
     } else {

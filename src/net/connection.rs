@@ -35,7 +35,6 @@ use std::sync::Arc;
 use std::task::{ready, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
-use tokio::runtime::{Handle, RuntimeFlavor};
 
 /// The first read buffer of a request head; Pingora's own initial size.
 const HEAD_BUFFER: usize = 4096;
@@ -121,18 +120,12 @@ impl ServerApp for ClientConnections {
             return ServerApp::process_new(&self.proxy, stream, shutdown).await;
         }
         let stream: Stream = Box::new(ClientStream::new(stream));
-        // On a current-thread runtime (`threads: 1`) the rest of the connection's
-        // life goes to a task of its own. Pingora's accept task is sized for the
-        // TLS handshake it ran (2.5 KiB) and would otherwise hold that for as long
-        // as the client stays, idle or not: 25 MiB for 10,000 idle clients. With
-        // several worker threads the move makes Pingora's upstream pool lose a
-        // race (`failed to acquire reusable stream`: the idle watcher on one
-        // worker still holds the connection's `Arc` when another takes it), and
-        // connections stop being reused, so there the connection stays put.
-        if Handle::current().runtime_flavor() != RuntimeFlavor::CurrentThread {
-            self.serve_http1(stream, shutdown).await;
-            return None;
-        }
+        // The rest of the connection's life goes to a task of its own. Pingora's
+        // accept task is sized for the TLS handshake it ran (2.5 KiB) and would
+        // otherwise hold that for as long as the client stays, idle or not:
+        // 25 MiB for 10,000 idle clients. (With several worker threads this once
+        // made Pingora's upstream pool lose a race, cloudflare/pingora#998: fixed
+        // by vendor/patches/0001.)
         let connections = self.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
@@ -281,8 +274,17 @@ async fn read_head(
         };
     loop {
         let idle = read.is_empty();
-        let got = tokio::time::timeout_at(deadline.into(), async {
-            if idle {
+        // Pingora's coarse timer (10 ms ticks on its own thread), not tokio's:
+        // registering a tokio timer earlier than the driver's next wake-up
+        // unparks the driver through its eventfd, one more syscall a request.
+        let left = deadline.saturating_duration_since(Instant::now());
+        let got = pingora_timeout::timeout(left, async {
+            if idle && first {
+                // A new connection's first request is served even while the
+                // server stops: it was accepted before the listener closed, and
+                // its bytes may simply not be here yet.
+                first_bytes(stream, &mut read).await.ok()
+            } else if idle {
                 // Between requests a stopping server closes the connection.
                 tokio::select! {
                     biased;

@@ -128,12 +128,15 @@ fn server_conf(plan: &Plan, config_file: Option<&std::path::Path>) -> ServerConf
         // few for hundreds of concurrent clients: every request past it would
         // open (and close) its own upstream connection.
         upstream_keepalive_pool_size: KEEPALIVE_POOL_PER_THREAD,
-        // One worker runs on a current-thread runtime: no cross-thread wake-ups
-        // or queue atomics, about 10% less CPU per request (benches/load.sh).
-        // Several keep work stealing: Pingora's pool hands an idle upstream
-        // connection between runtimes racily without it, and a lost race opens
-        // a new connection (tests/gateway.rs keep_alive_reuses_backend_connections).
-        work_stealing: plan.threads > 1,
+        // Each worker runs its own current-thread runtime: no cross-thread
+        // wake-ups or queue atomics, about 10% less CPU per request
+        // (benches/load.sh). The runtimes share one upstream pool; handing a
+        // connection between them is safe with vendor/patches/0001.
+        work_stealing: false,
+        // No task per pooled upstream connection (vendor/patches/0002): a
+        // connection the backend closed or that idled past its timeout is
+        // dropped when next picked, or when the pool evicts it.
+        upstream_keepalive_idle_watch: false,
         // Pingora sleeps the whole grace period; our drain watcher exits as soon
         // as the last in-flight request is done (see `watch_shutdown`).
         grace_period_seconds: Some(plan.shutdown_grace.as_secs_f64().ceil() as u64),
