@@ -296,7 +296,8 @@ impl Drop for DevTools {
     }
 }
 
-/// Clicks through the docs page as a person would: Authorize with the key,
+/// Clicks through the docs page as a person would: Authorize with the key
+/// (or token) in the box of scheme `__SCHEME__`,
 /// open operation `__OP__`, "Try it out", `id` 1 when it has one, Execute;
 /// resolves to the live response's status, body and the URL called.
 const TRY_IT_OUT: &str = r#"
@@ -320,8 +321,11 @@ const TRY_IT_OUT: &str = r#"
 
   (await waitFor("Authorize", () => document.querySelector(".auth-wrapper button.authorize"))).click();
   const dialog = await waitFor("the authorize dialog", () => document.querySelector(".dialog-ux .modal-ux"));
-  type(await waitFor("the key field", () => dialog.querySelector("input")), "__KEY__");
-  (await waitFor("its Authorize", () => button(dialog, "Authorize"))).click();
+  // One box per scheme the document declares (apiKey, bearer): the one named.
+  const box = await waitFor("the __SCHEME__ scheme", () =>
+    [...dialog.querySelectorAll(".auth-container")].find(c => c.querySelector("h4") && c.querySelector("h4").textContent.includes("__SCHEME__")));
+  type(await waitFor("the __SCHEME__ field", () => box.querySelector("input")), "__KEY__");
+  (await waitFor("its Authorize", () => button(box, "Authorize"))).click();
   (await waitFor("Close", () => button(document, "Close"))).click();
 
   const op = await waitFor("__OP__", () => document.getElementById("operations-default-__OP__"));
@@ -349,6 +353,12 @@ const TRY_IT_OUT: &str = r#"
 /// Opens the docs page at `url` in a browser and tries operation `op` out
 /// (see [`TRY_IT_OUT`]).
 fn try_it_out(url: &str, op: &str, key: &str) -> Value {
+    try_it_out_as(url, op, "apiKey", key)
+}
+
+/// [`try_it_out`] with the credential typed into the box of `scheme`
+/// (`apiKey` or `bearer`, as `/openapi.json` names them).
+fn try_it_out_as(url: &str, op: &str, scheme: &str, key: &str) -> Value {
     let mut browser = DevTools::start();
     let target = browser.call(None, "Target.createTarget", json!({ "url": url }));
     let target_id = target["targetId"].as_str().expect("a target").to_string();
@@ -375,7 +385,10 @@ fn try_it_out(url: &str, op: &str, key: &str) -> Value {
     }
     browser.evaluate(
         &session,
-        &TRY_IT_OUT.replace("__KEY__", key).replace("__OP__", op),
+        &TRY_IT_OUT
+            .replace("__KEY__", key)
+            .replace("__OP__", op)
+            .replace("__SCHEME__", scheme),
     )
 }
 
@@ -471,11 +484,10 @@ fn try_it_out_on_the_docs_page_calls_the_public_listener_with_the_key() {
     );
 }
 
-#[test]
-fn the_demos_docs_page_tries_its_routes_out() {
+/// `portcullis demo` on free ports, ready; its stdout (the banner) in `dir`.
+fn start_demo(dir: &Path) -> (Child, SocketAddr, u16) {
     let (listen, admin) = (free_port(), free_port());
-    let dir = temp_dir("demo-docs");
-    let mut demo = Command::new(BIN)
+    let demo = Command::new(BIN)
         .args(["demo", "--listen", &format!("127.0.0.1:{listen}")])
         .args(["--admin", &format!("127.0.0.1:{admin}")])
         .stdout(std::fs::File::create(dir.join("stdout.log")).expect("log file"))
@@ -493,6 +505,13 @@ fn the_demos_docs_page_tries_its_routes_out() {
         assert!(Instant::now() < deadline, "the demo did not get ready");
         std::thread::sleep(Duration::from_millis(50));
     }
+    (demo, admin_addr, listen)
+}
+
+#[test]
+fn the_demos_docs_page_tries_its_routes_out() {
+    let dir = temp_dir("demo-docs");
+    let (mut demo, admin_addr, listen) = start_demo(&dir);
     // The demo's key, typed into Authorize as its banner says.
     let result = try_it_out(
         &format!("http://{admin_addr}/docs"),
@@ -509,4 +528,33 @@ fn the_demos_docs_page_tries_its_routes_out() {
         "{result}"
     );
     assert_eq!(result["url"], format!("http://127.0.0.1:{listen}/users"));
+}
+
+/// Authorize with the bearer token the demo prints (SPEC §8.4: the page's
+/// Authorize works for the bearer scheme too), on its `auth: any` route.
+#[test]
+fn the_demos_docs_page_authorizes_with_the_bearer_token() {
+    let dir = temp_dir("demo-docs-bearer");
+    let (mut demo, admin_addr, listen) = start_demo(&dir);
+    let banner = std::fs::read_to_string(dir.join("stdout.log")).expect("demo banner");
+    let token = banner
+        .lines()
+        .find(|l| l.trim_start().starts_with("bearer token"))
+        .and_then(|l| l.split_whitespace().last())
+        .expect("the demo prints a bearer token")
+        .to_string();
+    let result = try_it_out_as(
+        &format!("http://{admin_addr}/docs"),
+        "orders_get",
+        "bearer",
+        &token,
+    );
+    let _ = demo.kill();
+    let _ = demo.wait();
+    assert_eq!(result["status"], "200", "{result}");
+    assert!(
+        result["body"].as_str().is_some_and(|b| b.contains("item")),
+        "{result}"
+    );
+    assert_eq!(result["url"], format!("http://127.0.0.1:{listen}/orders"));
 }
