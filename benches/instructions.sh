@@ -12,6 +12,8 @@
 #   CG_OUT=/tmp/cg.out bash benches/instructions.sh && callgrind_annotate /tmp/cg.out
 #   python3 benches/cg_per_request.py /tmp/cg.out 1500    per request, per function
 #   PORTCULLIS_BIN=a FLOOR_BIN=b bash benches/instructions.sh    measure copies of builds
+#   JOB=jwt bash benches/instructions.sh    the same job on an auth: jwt route, one
+#                                           RS256 token repeated (no floor)
 source "$(dirname "$0")/lib.sh"
 need nginx valgrind python3
 release_build
@@ -21,7 +23,11 @@ start_backend "$backend" 0
 
 count() { # requests [floor] -> total instructions
   local gw admin; gw=$(free_port) admin=$(free_port)
-  bench_config "$gw" "$admin" "$backend" > "$work/cg.yaml"
+  if [ "${JOB:-}" = jwt ]; then
+    bench_jwt_config "$gw" "$admin" "$backend" > "$work/cg.yaml"
+  else
+    bench_config "$gw" "$admin" "$backend" > "$work/cg.yaml"
+  fi
   local cmd=("$BIN" -c "$work/cg.yaml")
   [ -z "${2:-}" ] || cmd=("$FLOOR" "127.0.0.1:$gw" "127.0.0.1:$backend")
   valgrind --tool=callgrind --callgrind-out-file="$work/cg.$1" "${cmd[@]}" \
@@ -32,6 +38,9 @@ count() { # requests [floor] -> total instructions
   kill -TERM "$vg"; wait "$vg" || true
   grep -oP '^(summary|totals): \K[0-9]+' "$work/cg.$1" | head -1
 }
+if [ "${JOB:-}" = jwt ]; then
+  export REQ_PATH=/tokens/1 REQ_AUTH="authorization: Bearer $(bench_token)" FLOOR_TOO=0
+fi
 ir1=$(count "$N1") ir2=$(count "$N2")
 # CG_OUT=file keeps the larger run's profile for callgrind_annotate, and the
 # smaller one as file.short: benches/cg_per_request.py subtracts them into

@@ -89,12 +89,13 @@ start_floor() { # port backend_port [cpu]
 
 # N (default 1) bench-job requests, one after another on one keep-alive
 # connection to port $1, each read until its whole answer is in.
-keepalive_requests() { # port [n]
-  python3 - "$1" "${2:-1}" <<'PY'
+keepalive_requests() { # port [n]; REQ_PATH and REQ_AUTH (a header line) for another job
+  python3 - "$1" "${2:-1}" "${REQ_PATH:-/users/1}" "${REQ_AUTH:-x-api-key: bench-key}" <<'PY'
 import socket, sys
 s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+req = f"GET {sys.argv[3]} HTTP/1.1\r\nhost: a\r\n{sys.argv[4]}\r\n\r\n".encode()
 for _ in range(int(sys.argv[2])):
-    s.sendall(b"GET /users/1 HTTP/1.1\r\nhost: a\r\nx-api-key: bench-key\r\n\r\n")
+    s.sendall(req)
     data = b""
     while b'{"ok":true}' not in data:
         chunk = s.recv(4096)
@@ -110,3 +111,43 @@ wrk_rps() { # url
 }
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 ratio() { python3 -c "print(f'{$1/$2:.3f}')"; }
+
+# An RS256 key made for this run, its JWKS in $work/jwks.json (issuer `bench`,
+# audience `api`), and a token signed by it valid for an hour, printed.
+bench_token() {
+  python3 - "$work" <<'PY'
+import base64, json, subprocess, sys, time
+work = sys.argv[1]
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+subprocess.run(["openssl", "genrsa", "-out", f"{work}/jwt.key", "2048"], check=True, capture_output=True)
+mod = subprocess.run(["openssl", "rsa", "-in", f"{work}/jwt.key", "-noout", "-modulus"],
+                     check=True, capture_output=True, text=True).stdout.strip().split("=", 1)[1]
+jwk = {"kty": "RSA", "kid": "bench-1", "alg": "RS256", "n": b64(bytes.fromhex(mod)), "e": "AQAB"}
+open(f"{work}/jwks.json", "w").write(json.dumps({"keys": [jwk]}))
+head = b64(json.dumps({"alg": "RS256", "kid": "bench-1", "typ": "JWT"}).encode())
+now = int(time.time())
+body = b64(json.dumps({"iss": "bench", "sub": "bench-client", "aud": "api", "iat": now, "exp": now + 3600}).encode())
+sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", f"{work}/jwt.key", "-binary"],
+                     input=f"{head}.{body}".encode(), check=True, capture_output=True).stdout
+open(f"{work}/jwt.token", "w").write(f"{head}.{body}.{b64(sig)}")
+PY
+  cat "$work/jwt.token"
+}
+
+# The `auth: jwt` twin of bench_config: the same job, the client's bearer
+# token (bench_token) in place of the key.
+bench_jwt_config() { # port admin_port backend_port
+  portcullis_head "$1" "$2"
+  cat <<YAML
+auth:
+  jwt:
+    issuers: [{ issuer: bench, audiences: [api], jwks_file: "$work/jwks.json", algorithms: [RS256] }]
+upstreams:
+  users:
+    peers: ["127.0.0.1:$3"]
+    headers: { x-gateway-secret: "bench-secret" }
+routes:
+  - { name: users, path: /users, upstream: users }
+  - { name: tokens, path: /tokens, upstream: users, auth: jwt }
+YAML
+}

@@ -98,37 +98,8 @@ wait_port "$ngx"
 # bearer token (auth: jwt, RS256 from a JWKS file), and one token repeated, as
 # a client does until it expires: the verified-token memory's case.
 jwt_gw=$(free_port); jwt_admin=$(free_port)
-python3 - "$work" <<'PY'
-import base64, json, subprocess, sys, time
-work = sys.argv[1]
-b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
-subprocess.run(["openssl", "genrsa", "-out", f"{work}/jwt.key", "2048"], check=True, capture_output=True)
-mod = subprocess.run(["openssl", "rsa", "-in", f"{work}/jwt.key", "-noout", "-modulus"],
-                     check=True, capture_output=True, text=True).stdout.strip().split("=", 1)[1]
-jwk = {"kty": "RSA", "kid": "bench-1", "alg": "RS256", "n": b64(bytes.fromhex(mod)), "e": "AQAB"}
-open(f"{work}/jwks.json", "w").write(json.dumps({"keys": [jwk]}))
-head = b64(json.dumps({"alg": "RS256", "kid": "bench-1", "typ": "JWT"}).encode())
-now = int(time.time())
-body = b64(json.dumps({"iss": "bench", "sub": "bench-client", "aud": "api", "iat": now, "exp": now + 3600}).encode())
-sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", f"{work}/jwt.key", "-binary"],
-                     input=f"{head}.{body}".encode(), check=True, capture_output=True).stdout
-open(f"{work}/jwt.token", "w").write(f"{head}.{body}.{b64(sig)}")
-PY
-jwt_token=$(cat "$work/jwt.token")
-{ portcullis_head "$jwt_gw" "$jwt_admin"
-  cat <<YAML
-auth:
-  jwt:
-    issuers: [{ issuer: bench, audiences: [api], jwks_file: "$work/jwks.json", algorithms: [RS256] }]
-upstreams:
-  users:
-    peers: ["127.0.0.1:$backend"]
-    headers: { x-gateway-secret: "bench-secret" }
-routes:
-  - { name: users, path: /users, upstream: users }
-  - { name: tokens, path: /tokens, upstream: users, auth: jwt }
-YAML
-} > "$work/portcullis-jwt.yaml"
+jwt_token=$(bench_token)
+bench_jwt_config "$jwt_gw" "$jwt_admin" "$backend" > "$work/portcullis-jwt.yaml"
 start_portcullis "$jwt_gw" "$work/portcullis-jwt.yaml" 0
 ok=$(curl -s -o /dev/null -w '%{http_code}' -H "authorization: Bearer $jwt_token" "http://127.0.0.1:$jwt_gw/tokens/1")
 no=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$jwt_gw/tokens/1")

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{request, Answer, Backend, Gateway, KEY};
+use common::{promtool_accepts, request, Answer, Backend, Gateway, KEY};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -109,32 +109,6 @@ fn consumers_never_share_entries_a_hit_needs_a_credential_and_counts_toward_limi
         .map(|l| l["cache"].as_str().unwrap_or("null"))
         .collect();
     assert_eq!(caches, ["miss", "hit", "miss", "hit", "hit"], "{log:?}");
-}
-
-/// `promtool check metrics` passes on `text`.
-fn promtool_accepts(text: &str) {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package `prometheus`) must be installed");
-    promtool
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write to promtool");
-    let out = promtool.wait_with_output().expect("promtool ran");
-    assert!(
-        out.status.success(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// A backend whose answer depends on the path, counting requests per path.

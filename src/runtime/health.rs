@@ -7,6 +7,7 @@
 //! through the upstream's health registry) when it is due, then publishes every
 //! peer's state.
 
+use super::ticks::Ticks;
 use crate::tables::Gateway;
 use crate::telemetry::metrics;
 use arc_swap::ArcSwap;
@@ -26,7 +27,7 @@ pub struct HealthChecker {
 
 #[async_trait]
 impl BackgroundService for HealthChecker {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
+    async fn start(&self, shutdown: ShutdownWatch) {
         // When each upstream (by name, so it outlives a reload) was last checked.
         let mut last_run: HashMap<String, Instant> = HashMap::new();
         let mut exported: HashSet<(String, String)> = HashSet::new();
@@ -34,17 +35,8 @@ impl BackgroundService for HealthChecker {
         // so does a peer ejected or back in (SPEC §8.3).
         let mut published_for: Weak<Gateway> = Weak::new();
         let mut ejections_seen = 0u64;
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                changed = shutdown.changed() => {
-                    if changed.is_err() || *shutdown.borrow() {
-                        return;
-                    }
-                }
-                _ = tick.tick() => {}
-            }
+        let mut ticks = Ticks::every(TICK, shutdown);
+        while ticks.next().await {
             let tables = self.tables.load_full();
             let now = Instant::now();
             let due: Vec<_> = tables

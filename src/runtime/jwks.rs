@@ -8,6 +8,7 @@
 //! tasks, off the request threads, and requests never wait on them except
 //! the one bounded wait of a token with an unknown `kid`.
 
+use super::ticks::Ticks;
 use crate::tables::jwt::{parse_jwks, IssuerKeys, KeySource};
 use crate::tables::Gateway;
 use crate::telemetry::metrics;
@@ -35,19 +36,10 @@ pub struct JwksFetcher {
 
 #[async_trait]
 impl BackgroundService for JwksFetcher {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
+    async fn start(&self, shutdown: ShutdownWatch) {
         let connector = Arc::new(Connector::new(None));
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                changed = shutdown.changed() => {
-                    if changed.is_err() || *shutdown.borrow() {
-                        return;
-                    }
-                }
-                _ = tick.tick() => {}
-            }
+        let mut ticks = Ticks::every(TICK, shutdown);
+        while ticks.next().await {
             let tables = self.tables.load_full();
             let Some(jwt) = &tables.jwt else { continue };
             for issuer in &jwt.issuers {

@@ -9,3 +9,4 @@ pub mod jwks;
 pub mod openapi;
 pub mod reload;
 pub mod server;
+pub mod ticks;
