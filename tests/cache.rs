@@ -630,3 +630,68 @@ fn a_waiter_on_a_slow_fill_goes_upstream_itself_after_a_bounded_wait() {
     );
     assert_eq!(first.join().expect("first client").status, 200);
 }
+
+/// RFC 9111 §3.5: an answer to a request whose `authorization` reached the
+/// upstream is not shared unless the upstream says so (`public`, `s-maxage`,
+/// `must-revalidate`): a public route in front of a backend doing its own
+/// auth must not hand one user's answer to the next caller.
+#[test]
+fn an_answer_to_an_authorized_request_is_shared_only_when_marked_public() {
+    let backend = Backend::start(|r| {
+        let who = r.header("authorization").unwrap_or("nobody").to_string();
+        let answer = Answer::json(200, &format!("\"{who}\""));
+        if r.target.starts_with("/public") {
+            answer.with_header("cache-control", "public, max-age=60")
+        } else {
+            answer
+        }
+    });
+    let gw = Gateway::start(&one_route(backend.addr, "{ ttl: 60s }", ", auth: none"));
+    let alice = [("authorization", "Basic YWxpY2U6cHc=")];
+
+    let first = gw.get("/me", &alice);
+    assert_eq!(first.status, 200);
+    assert_eq!(status_of(&first), "portcullis; fwd=miss");
+    let anonymous = gw.get("/me", &[]);
+    assert_eq!(anonymous.text(), "\"nobody\"", "alice's answer was shared");
+    assert_eq!(hits(&backend), 2);
+
+    let marked = gw.get("/public", &alice);
+    assert_eq!(status_of(&marked), "portcullis; fwd=miss; stored");
+    let again = gw.get("/public", &[]);
+    assert_eq!(
+        status_of(&again),
+        "portcullis; hit",
+        "public answers are shared"
+    );
+}
+
+/// The route's `vary` headers are keyed with every value they carry: two
+/// `accept-language` lines cannot store one language's page under another.
+#[test]
+fn a_repeated_vary_header_is_keyed_whole() {
+    // The backend reads the last line (as many do); the key must not read the first only.
+    let backend = Backend::start(|r| {
+        Answer::json(
+            200,
+            &format!("\"{}\"", r.header("accept-language").unwrap_or("")),
+        )
+        .with_header("cache-control", "max-age=60")
+    });
+    let gw = Gateway::start(&one_route(
+        backend.addr,
+        "{ ttl: 60s, vary: [accept-language] }",
+        ", auth: none",
+    ));
+    let both = gw.get(
+        "/page",
+        &[("accept-language", "en"), ("accept-language", "fr")],
+    );
+    assert_eq!(status_of(&both), "portcullis; fwd=miss; stored");
+    let english = gw.get("/page", &[("accept-language", "en")]);
+    assert_eq!(
+        english.text(),
+        "\"en\"",
+        "the answer to en+fr was served for en"
+    );
+}

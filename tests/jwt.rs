@@ -899,3 +899,52 @@ routes:
     assert_eq!(upstream.requests().len(), 2);
     assert_eq!(gw.get("/cached", &[]).status, 401, "a hit needs a token");
 }
+
+/// Tokens without `sub` name no one in particular: on a cached route they
+/// bypass the cache rather than share one entry per issuer. And an
+/// `authorization` the upstream is configured with (its own credential)
+/// survives the removal of the client's token.
+#[test]
+fn tokens_without_sub_bypass_the_cache_and_the_upstreams_own_authorization_stays() {
+    let upstream = Backend::start(|r| {
+        Answer::json(200, &format!("\"{}\"", r.header("x-tenant").unwrap_or("")))
+            .with_header("cache-control", "max-age=60")
+    });
+    let hs_secret = secret(format!("hs-{:032x}", rand_u128(now() as u128 ^ 7)));
+    let config = format!(
+        "{head}auth:
+  jwt:
+    issuers:
+      - issuer: legacy
+        secret: \"${{JWT_HS_SECRET}}\"
+        algorithms: [HS256]
+cache: {{ max_size: 1MiB }}
+upstreams:
+  u: {{ peers: [\"{peer}\"], headers: {{ authorization: \"Basic c3ZjOnVwc3RyZWFt\" }} }}
+routes:
+  - {{ name: cached, path: /cached, upstream: u, auth: jwt,
+      claims_to_headers: {{ x-tenant: tid }}, cache: {{ ttl: 60s }} }}
+",
+        head = config_head(),
+        peer = upstream.addr,
+    );
+    let gw = Gateway::start_with_env(&config, &[("JWT_HS_SECRET", hs_secret.as_str())]);
+    let key = EncodingKey::from_secret(hs_secret.as_bytes()).expect("hs key");
+    let token = |tid: &str| {
+        let t = now();
+        let claims = json!({ "iss": "legacy", "tid": tid, "exp": t + 600, "iat": t });
+        secret(encode(&Header::new(Algorithm::HS256), &claims, &key).expect("sign"))
+    };
+    let (t1, t2) = (token("tenant-1"), token("tenant-2"));
+    let first = gw.get("/cached", &[("authorization", &bearer(&t1))]);
+    assert_eq!((first.status, first.text().as_str()), (200, "\"tenant-1\""));
+    let other = gw.get("/cached", &[("authorization", &bearer(&t2))]);
+    assert_eq!(other.text(), "\"tenant-2\"", "tenant-1's entry was served");
+    assert_eq!(other.header("cache-status"), Some("portcullis; fwd=bypass"));
+    assert_eq!(upstream.requests().len(), 2);
+    assert_eq!(
+        upstream.last().header("authorization"),
+        Some("Basic c3ZjOnVwc3RyZWFt"),
+        "the upstream's own credential, not the client's token"
+    );
+}

@@ -223,13 +223,40 @@ pub fn storable(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| seconds(Some(v.trim())))
         .unwrap_or(Duration::ZERO);
+    // `no-cache` and `must-revalidate` (RFC 9111 §5.2.2.4, §5.2.2.2): the entry
+    // is not used without asking the upstream, so the route's default stale
+    // windows do not apply; only the upstream's own `stale-*` directives do.
+    let revalidate = has("no-cache") || has("must-revalidate") || has("proxy-revalidate");
+    let default_window = |d: Duration| if revalidate { Duration::ZERO } else { d };
     Ok(Freshness {
         fresh_for: lifetime.saturating_sub(age),
         age,
         stale_while_revalidate: seconds(value("stale-while-revalidate"))
-            .unwrap_or(policy.stale_while_revalidate),
-        stale_if_error: seconds(value("stale-if-error")).unwrap_or(policy.stale_if_error),
+            .unwrap_or(default_window(policy.stale_while_revalidate)),
+        stale_if_error: seconds(value("stale-if-error"))
+            .unwrap_or(default_window(policy.stale_if_error)),
     })
+}
+
+/// Whether an answer to a request whose `authorization` reached the upstream
+/// may be stored in a shared cache (RFC 9111 §3.5): only when the upstream
+/// says so with `public`, `s-maxage` or `must-revalidate`.
+pub fn authorized_answer_may_be_stored(headers: &HeaderMap) -> bool {
+    directives(headers)
+        .iter()
+        .any(|(n, _)| n == "public" || n == "s-maxage" || n == "must-revalidate")
+}
+
+/// All of a request header's values, joined as one field (RFC 9110 §5.3), for
+/// the key: a repeated header cannot hide a value from it.
+pub fn joined_values(headers: &HeaderMap, name: &str) -> Option<Vec<u8>> {
+    let mut values = headers.get_all(name).iter();
+    let mut out = values.next()?.as_bytes().to_vec();
+    for v in values {
+        out.extend_from_slice(b", ");
+        out.extend_from_slice(v.as_bytes());
+    }
+    Some(out)
 }
 
 /// What the cache did for one request on a route with a cache.
@@ -243,8 +270,9 @@ pub enum Outcome {
     Stale,
     /// An expired entry was revalidated (`304`) or replaced by the upstream.
     Expired { status: u16, stored: bool },
-    /// Not looked up: the method is neither GET nor HEAD.
-    Bypass,
+    /// Not looked up: the method is neither GET nor HEAD (`method`), or the
+    /// caller cannot be keyed (a bearer token without `sub`, `bypass`).
+    Bypass { method: bool },
 }
 
 impl Outcome {
@@ -259,7 +287,8 @@ impl Outcome {
                 "portcullis; fwd=stale; fwd-status={status}{}",
                 if stored { "; stored" } else { "" }
             ),
-            Outcome::Bypass => "portcullis; fwd=method".into(),
+            Outcome::Bypass { method: true } => "portcullis; fwd=method".into(),
+            Outcome::Bypass { method: false } => "portcullis; fwd=bypass".into(),
         }
     }
 
@@ -269,7 +298,7 @@ impl Outcome {
             Outcome::Hit => "hit",
             Outcome::Miss { .. } => "miss",
             Outcome::Stale | Outcome::Expired { .. } => "stale",
-            Outcome::Bypass => "bypass",
+            Outcome::Bypass { .. } => "bypass",
         }
     }
 
@@ -280,7 +309,7 @@ impl Outcome {
             Outcome::Miss { .. } => "miss",
             Outcome::Stale => "stale",
             Outcome::Expired { .. } => "expired",
-            Outcome::Bypass => "bypass",
+            Outcome::Bypass { .. } => "bypass",
         }
     }
 }
@@ -492,6 +521,61 @@ mod tests {
             "portcullis; fwd=stale; fwd-status=304; stored"
         );
         assert_eq!(Outcome::Stale.log_label(), "stale");
-        assert_eq!(Outcome::Bypass.lookup_label(), "bypass");
+        assert_eq!(Outcome::Bypass { method: true }.lookup_label(), "bypass");
+    }
+
+    #[test]
+    fn revalidation_directives_drop_the_routes_stale_windows() {
+        let mut windows = policy();
+        windows.stale_while_revalidate = Duration::from_secs(10);
+        windows.stale_if_error = Duration::from_secs(60);
+        for cc in [
+            "no-cache",
+            "max-age=60, must-revalidate",
+            "proxy-revalidate",
+        ] {
+            let f = storable(
+                200,
+                &headers(&[("cache-control", cc)]),
+                &windows,
+                SystemTime::now(),
+            )
+            .unwrap();
+            assert_eq!(f.stale_while_revalidate, Duration::ZERO, "{cc}");
+            assert_eq!(f.stale_if_error, Duration::ZERO, "{cc}");
+        }
+        let explicit = headers(&[("cache-control", "no-cache, stale-if-error=5")]);
+        let f = storable(200, &explicit, &windows, SystemTime::now()).unwrap();
+        assert_eq!(f.stale_if_error, Duration::from_secs(5));
+        let plain = storable(200, &HeaderMap::new(), &windows, SystemTime::now()).unwrap();
+        assert_eq!(plain.stale_while_revalidate, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn an_authorized_answer_is_shared_only_when_the_upstream_says_so() {
+        assert!(!authorized_answer_may_be_stored(&HeaderMap::new()));
+        assert!(!authorized_answer_may_be_stored(&headers(&[(
+            "cache-control",
+            "max-age=60"
+        )])));
+        for cc in [
+            "public, max-age=60",
+            "s-maxage=60",
+            "max-age=60, must-revalidate",
+        ] {
+            assert!(
+                authorized_answer_may_be_stored(&headers(&[("cache-control", cc)])),
+                "{cc}"
+            );
+        }
+    }
+
+    #[test]
+    fn repeated_request_headers_are_keyed_whole() {
+        let mut h = HeaderMap::new();
+        h.append("accept-language", http::HeaderValue::from_static("en"));
+        h.append("accept-language", http::HeaderValue::from_static("fr"));
+        assert_eq!(joined_values(&h, "accept-language").unwrap(), b"en, fr");
+        assert_eq!(joined_values(&h, "x-none"), None);
     }
 }

@@ -11,7 +11,7 @@ use super::cache_store::CacheStore;
 use super::ctx::RequestCtx;
 use crate::core::cache::{self as policy, KeyParts, Outcome};
 use crate::tables::cache::CacheLimits;
-use http::header::{HeaderValue, AGE, HOST, VARY};
+use http::header::{AGE, AUTHORIZATION, HOST, VARY};
 use http::{HeaderName, Method};
 use pingora_cache::key::HashBinary;
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
@@ -60,7 +60,11 @@ pub fn enable(session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
     };
     let method = &session.req_header().method;
     if *method != Method::GET && *method != Method::HEAD {
-        ctx.cache = Some(Outcome::Bypass);
+        ctx.cache = Some(Outcome::Bypass { method: true });
+        return Ok(());
+    }
+    if shares_identity(ctx) {
+        ctx.cache = Some(Outcome::Bypass { method: false });
         return Ok(());
     }
     let mut overrides = CacheOptionOverrides::default();
@@ -89,14 +93,15 @@ pub fn key(session: &Session, ctx: &RequestCtx) -> Result<CacheKey> {
         .unwrap_or("");
     let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
     let host = host.to_ascii_lowercase();
-    let vary: Vec<Option<&[u8]>> = route
+    let vary: Vec<Option<Vec<u8>>> = route
         .cache
         .as_ref()
         .map(|c| c.policy.vary.as_slice())
         .unwrap_or_default()
         .iter()
-        .map(|name| req.headers.get(name).map(HeaderValue::as_bytes))
+        .map(|name| policy::joined_values(&req.headers, name.as_str()))
         .collect();
+    let vary: Vec<Option<&[u8]>> = vary.iter().map(Option::as_deref).collect();
     let caller = per_consumer.then(|| caller_key(ctx)).flatten();
     let parts = KeyParts {
         route: &route.name,
@@ -107,6 +112,34 @@ pub fn key(session: &Session, ctx: &RequestCtx) -> Result<CacheKey> {
         vary: &vary,
     };
     Ok(CacheKey::new(parts.primary(), route.name.as_str()))
+}
+
+/// A bearer token without `sub` names no one in particular (a client
+/// credential shared by a whole tenant, say): on a `per_consumer` route its
+/// answers are neither read from nor stored in the cache, since every such
+/// token of an issuer would share one entry.
+fn shares_identity(ctx: &RequestCtx) -> bool {
+    let per_consumer = ctx
+        .route()
+        .and_then(|r| r.cache.as_ref())
+        .is_some_and(|c| c.policy.per_consumer);
+    per_consumer && ctx.consumer.is_none() && ctx.token.as_ref().is_some_and(|t| t.sub.is_none())
+}
+
+/// Whether the client's `authorization` reached the upstream on a request
+/// whose entry is not keyed by the caller it names: then the answer is
+/// shared only when the upstream marks it so (RFC 9111 §3.5).
+fn authorization_went_upstream_unkeyed(req: &RequestHeader, ctx: &RequestCtx) -> bool {
+    if !req.headers.contains_key(AUTHORIZATION) {
+        return false;
+    }
+    let Some(route) = ctx.route() else {
+        return true;
+    };
+    let keyed_by_token =
+        ctx.token.is_some() && route.cache.as_ref().is_some_and(|c| c.policy.per_consumer);
+    let stripped = route.tokens.mode.takes_tokens() && !route.tokens.forward_token;
+    !(keyed_by_token || stripped)
 }
 
 /// Whose entries a request reads on a `per_consumer` route: a consumer by
@@ -128,6 +161,11 @@ pub fn cacheable(session: &Session, resp: &ResponseHeader, ctx: &mut RequestCtx)
     let Some(cache) = ctx.route().and_then(|r| r.cache.as_ref()) else {
         return RespCacheable::Uncacheable(NoCacheReason::NeverEnabled);
     };
+    if authorization_went_upstream_unkeyed(session.req_header(), ctx)
+        && !policy::authorized_answer_may_be_stored(&resp.headers)
+    {
+        return RespCacheable::Uncacheable(NoCacheReason::OriginNotCache);
+    }
     let now = SystemTime::now();
     match policy::storable(resp.status.as_u16(), &resp.headers, &cache.policy, now) {
         Ok(f) => {
@@ -157,10 +195,7 @@ pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
         let Ok(names) = line.to_str() else { continue };
         for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
             let name = name.to_ascii_lowercase();
-            let value = req
-                .headers
-                .get(name.as_str())
-                .map_or_else(Vec::new, |v| v.as_bytes().to_vec());
+            let value = policy::joined_values(&req.headers, &name).unwrap_or_default();
             builder.add_owned_name_value(name, value);
         }
     }
@@ -207,7 +242,7 @@ pub fn stamp(session: &Session, resp: &mut ResponseHeader, ctx: &mut RequestCtx)
         return Ok(());
     };
     let outcome = match noted {
-        Outcome::Bypass => Outcome::Bypass,
+        bypass @ Outcome::Bypass { .. } => bypass,
         _ => outcome(
             session.cache.phase(),
             ctx.cache_expired,

@@ -123,8 +123,10 @@ pub fn prepare_request(
     };
     let upstream = &gw.upstreams[upstream_index];
     let destination = attempt::destination(route, upstream, peer);
-    rewrite_upstream_request(upstream_request, &ctx.forwarding(), &destination)?;
+    // The client's token first, then the upstream's and route's own headers:
+    // an `authorization` configured for the upstream is not the client's.
     super::token::rewrite_upstream_request(upstream_request, &route.tokens, ctx.token.as_deref())?;
+    rewrite_upstream_request(upstream_request, &ctx.forwarding(), &destination)?;
     let absolute_form = !client.raw_path().starts_with(b"/") && client.raw_path() != b"*";
     let uri = &client.uri;
     if let Some(target) =

@@ -50,7 +50,7 @@ impl Entry<'_> {
                 self.path,
                 self.status,
                 self.route,
-                self.consumer.unwrap_or("-"),
+                text_word(self.consumer.unwrap_or("-")),
                 self.upstream.unwrap_or("-"),
                 self.peer.unwrap_or("-"),
                 self.duration_ms,
@@ -276,6 +276,17 @@ pub fn flush() {
     }
 }
 
+/// A value for the text line as one word: as it is when it is one, quoted
+/// and escaped otherwise. A bearer token's `sub` is written by the identity
+/// provider, not by the config: a space or newline must not forge fields.
+fn text_word(value: &str) -> std::borrow::Cow<'_, str> {
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_graphic() && b != b'"') {
+        std::borrow::Cow::Borrowed(value)
+    } else {
+        std::borrow::Cow::Owned(format!("{value:?}"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -459,5 +470,15 @@ mod tests {
         assert_eq!(v["duration_ms"], 1.235);
         assert_eq!(v["status"], 404);
         assert!(v["ts"].as_str().is_some_and(|t| t.ends_with('Z')));
+    }
+
+    #[test]
+    fn a_text_line_quotes_a_consumer_that_is_not_one_word() {
+        assert_eq!(super::text_word("alice"), "alice");
+        assert_eq!(
+            super::text_word("bob status=200\nforged"),
+            "\"bob status=200\\nforged\""
+        );
+        assert_eq!(super::text_word(""), "\"\"");
     }
 }
