@@ -179,11 +179,17 @@ fn auth_answers_401_and_403_as_the_spec_says() {
     );
 
     assert_eq!(
-        gw.metric("portcullis_auth_failures_total{reason=\"missing_api_key\",route=\"any\"}"),
+        gw.metric_eventually(
+            "portcullis_auth_failures_total{reason=\"missing_api_key\",route=\"any\"}",
+            1.0
+        ),
         1.0
     );
     assert_eq!(
-        gw.metric("portcullis_auth_failures_total{reason=\"forbidden\",route=\"web-only\"}"),
+        gw.metric_eventually(
+            "portcullis_auth_failures_total{reason=\"forbidden\",route=\"web-only\"}",
+            1.0
+        ),
         1.0
     );
     let log = gw.access_log();
@@ -226,7 +232,10 @@ fn unmatched_paths_and_methods_get_404_and_405() {
     );
     assert_eq!(wrong.header("allow"), Some("GET, POST"));
     assert_eq!(
-        gw.metric("portcullis_requests_total{method=\"GET\",route=\"none\",status=\"404\"}"),
+        gw.metric_eventually(
+            "portcullis_requests_total{method=\"GET\",route=\"none\",status=\"404\"}",
+            1.0
+        ),
         1.0
     );
     assert!(backend.requests().is_empty());
@@ -841,7 +850,10 @@ fn informational_answers_are_passed_over_by_the_upstream_timing() {
     let gw = Gateway::start(&config);
     assert_eq!(gw.get("/", &[]).status, 200);
     assert_eq!(
-        gw.metric("portcullis_upstream_duration_seconds_count{route=\"r\",upstream=\"u\"}"),
+        gw.metric_eventually(
+            "portcullis_upstream_duration_seconds_count{route=\"r\",upstream=\"u\"}",
+            1.0
+        ),
         1.0
     );
     assert_eq!(

@@ -231,7 +231,10 @@ fn a_body_that_stops_is_answered_408_and_not_blamed_on_the_upstream() {
         gw.metric("portcullis_upstream_errors_total{kind=\"timeout\",route=\"r\",upstream=\"u\"}");
     assert_eq!(errors, 0.0, "a stalled client is not an upstream timeout");
     assert_eq!(
-        gw.metric("portcullis_requests_total{method=\"POST\",route=\"r\",status=\"408\"}"),
+        gw.metric_eventually(
+            "portcullis_requests_total{method=\"POST\",route=\"r\",status=\"408\"}",
+            1.0
+        ),
         1.0
     );
 }

@@ -64,7 +64,10 @@ fn a_route_limit_by_consumer_counts_each_consumer_apart() {
         "another consumer has its own budget"
     );
     assert_eq!(other.header("ratelimit-remaining"), Some("2"));
-    assert_eq!(gw.metric("portcullis_rate_limited_total{route=\"r\"}"), 1.0);
+    assert_eq!(
+        gw.metric_eventually("portcullis_rate_limited_total{route=\"r\"}", 1.0),
+        1.0
+    );
     assert_eq!(
         gw.access_log()
             .iter()

@@ -718,6 +718,20 @@ impl Gateway {
             .unwrap_or(0.0)
     }
 
+    /// [`Gateway::metric`] once it reads `want`, or what it reads after 2 s:
+    /// a request is counted in Pingora's logging phase, after its answer was
+    /// written, so a client can read the answer before the count moves.
+    pub fn metric_eventually(&self, series: &str, want: f64) -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let value = self.metric(series);
+            if value == want || Instant::now() > deadline {
+                return value;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn stdout(&self) -> String {
         std::fs::read_to_string(self.dir.join("stdout.log")).unwrap_or_default()
     }
