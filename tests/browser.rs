@@ -484,42 +484,15 @@ fn try_it_out_on_the_docs_page_calls_the_public_listener_with_the_key() {
     );
 }
 
-/// `portcullis demo` on free ports, ready; its stdout (the banner) in `dir`.
-fn start_demo(dir: &Path) -> (Child, SocketAddr, u16) {
-    let (listen, admin) = (free_port(), free_port());
-    let demo = Command::new(BIN)
-        .args(["demo", "--listen", &format!("127.0.0.1:{listen}")])
-        .args(["--admin", &format!("127.0.0.1:{admin}")])
-        .stdout(std::fs::File::create(dir.join("stdout.log")).expect("log file"))
-        .stderr(std::fs::File::create(dir.join("stderr.log")).expect("log file"))
-        .spawn()
-        .expect("start the demo");
-    let admin_addr: SocketAddr = format!("127.0.0.1:{admin}").parse().expect("addr");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !send_raw(
-        admin_addr,
-        b"GET /readyz HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
-    )
-    .is_ok_and(|r| r.status == 200)
-    {
-        assert!(Instant::now() < deadline, "the demo did not get ready");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (demo, admin_addr, listen)
-}
-
 #[test]
 fn the_demos_docs_page_tries_its_routes_out() {
-    let dir = temp_dir("demo-docs");
-    let (mut demo, admin_addr, listen) = start_demo(&dir);
+    let demo = Demo::start(&temp_dir("demo-docs"));
     // The demo's key, typed into Authorize as its banner says.
     let result = try_it_out(
-        &format!("http://{admin_addr}/docs"),
+        &format!("http://{}/docs", demo.admin),
         "users_get",
         "pk_demo_portcullis",
     );
-    let _ = demo.kill();
-    let _ = demo.wait();
     assert_eq!(result["status"], "200", "{result}");
     assert!(
         result["body"]
@@ -527,34 +500,35 @@ fn the_demos_docs_page_tries_its_routes_out() {
             .is_some_and(|b| b.contains("Ada Lovelace")),
         "{result}"
     );
-    assert_eq!(result["url"], format!("http://127.0.0.1:{listen}/users"));
+    assert_eq!(result["url"], format!("http://{}/users", demo.listen));
 }
 
 /// Authorize with the bearer token the demo prints (SPEC §8.4: the page's
 /// Authorize works for the bearer scheme too), on its `auth: any` route.
 #[test]
 fn the_demos_docs_page_authorizes_with_the_bearer_token() {
-    let dir = temp_dir("demo-docs-bearer");
-    let (mut demo, admin_addr, listen) = start_demo(&dir);
-    let banner = std::fs::read_to_string(dir.join("stdout.log")).expect("demo banner");
-    let token = banner
-        .lines()
-        .find(|l| l.trim_start().starts_with("bearer token"))
-        .and_then(|l| l.split_whitespace().last())
+    let demo = Demo::start(&temp_dir("demo-docs-bearer"));
+    let token = demo
+        .banner("bearer token")
         .expect("the demo prints a bearer token")
         .to_string();
+    // The demo's key set may still be on its way at start.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let bearer = format!("Bearer {token}");
+    while get(demo.listen, "/orders", &[("authorization", &bearer)]).status != 200 {
+        assert!(Instant::now() < deadline, "the demo never took its token");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let result = try_it_out_as(
-        &format!("http://{admin_addr}/docs"),
+        &format!("http://{}/docs", demo.admin),
         "orders_get",
         "bearer",
         &token,
     );
-    let _ = demo.kill();
-    let _ = demo.wait();
     assert_eq!(result["status"], "200", "{result}");
     assert!(
         result["body"].as_str().is_some_and(|b| b.contains("item")),
         "{result}"
     );
-    assert_eq!(result["url"], format!("http://127.0.0.1:{listen}/orders"));
+    assert_eq!(result["url"], format!("http://{}/orders", demo.listen));
 }

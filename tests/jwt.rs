@@ -849,16 +849,14 @@ fn https_jwks_urls_are_fetched_with_certificate_verification() {
     assert_eq!((r.status, r.error_code().as_str()), (401, "invalid_token"));
 }
 
-/// A cached `auth: jwt` route (SPEC §8.1 with §8.2): two anonymous token
-/// holders (no consumer named by `sub`) never share an entry, and the same
-/// holder's repeat is a hit. The backend answers with the `sub` the gateway
-/// set, so a crossed entry would show.
-#[test]
-fn anonymous_token_callers_never_share_cache_entries() {
-    let upstream = Backend::start(|r| {
-        Answer::json(200, &format!("\"{}\"", r.header("x-user-id").unwrap_or("")))
-            .with_header("cache-control", "max-age=60")
-    });
+/// A gateway whose one route `/cached` takes HS256 tokens of issuer
+/// `legacy` and caches for 60 s, with `route_extra` on the route and
+/// `upstream_extra` on the upstream; and the HS key to sign with.
+fn cached_token_route(
+    upstream: &Backend,
+    route_extra: &str,
+    upstream_extra: &str,
+) -> (Gateway, EncodingKey) {
     let hs_secret = secret(format!("hs-{:032x}", rand_u128(now() as u128)));
     let config = format!(
         "{head}auth:
@@ -869,16 +867,29 @@ fn anonymous_token_callers_never_share_cache_entries() {
         algorithms: [HS256]
 cache: {{ max_size: 1MiB }}
 upstreams:
-  u: {{ peers: [\"{peer}\"] }}
+  u: {{ peers: [\"{peer}\"]{upstream_extra} }}
 routes:
-  - {{ name: cached, path: /cached, upstream: u, auth: jwt,
-      claims_to_headers: {{ x-user-id: sub }}, cache: {{ ttl: 60s }} }}
+  - {{ name: cached, path: /cached, upstream: u, auth: jwt, cache: {{ ttl: 60s }}{route_extra} }}
 ",
         head = config_head(),
         peer = upstream.addr,
     );
     let gw = Gateway::start_with_env(&config, &[("JWT_HS_SECRET", hs_secret.as_str())]);
     let key = EncodingKey::from_secret(hs_secret.as_bytes()).expect("hs key");
+    (gw, key)
+}
+
+/// A cached `auth: jwt` route (SPEC §8.1 with §8.2): two anonymous token
+/// holders (no consumer named by `sub`) never share an entry, and the same
+/// holder's repeat is a hit. The backend answers with the `sub` the gateway
+/// set, so a crossed entry would show.
+#[test]
+fn anonymous_token_callers_never_share_cache_entries() {
+    let upstream = Backend::start(|r| {
+        Answer::json(200, &format!("\"{}\"", r.header("x-user-id").unwrap_or("")))
+            .with_header("cache-control", "max-age=60")
+    });
+    let (gw, key) = cached_token_route(&upstream, ", claims_to_headers: { x-user-id: sub }", "");
     let token = |sub: &str| {
         let header = Header::new(Algorithm::HS256);
         secret(encode(&header, &claims("legacy", sub, ""), &key).expect("sign"))
@@ -910,26 +921,11 @@ fn tokens_without_sub_bypass_the_cache_and_the_upstreams_own_authorization_stays
         Answer::json(200, &format!("\"{}\"", r.header("x-tenant").unwrap_or("")))
             .with_header("cache-control", "max-age=60")
     });
-    let hs_secret = secret(format!("hs-{:032x}", rand_u128(now() as u128 ^ 7)));
-    let config = format!(
-        "{head}auth:
-  jwt:
-    issuers:
-      - issuer: legacy
-        secret: \"${{JWT_HS_SECRET}}\"
-        algorithms: [HS256]
-cache: {{ max_size: 1MiB }}
-upstreams:
-  u: {{ peers: [\"{peer}\"], headers: {{ authorization: \"Basic c3ZjOnVwc3RyZWFt\" }} }}
-routes:
-  - {{ name: cached, path: /cached, upstream: u, auth: jwt,
-      claims_to_headers: {{ x-tenant: tid }}, cache: {{ ttl: 60s }} }}
-",
-        head = config_head(),
-        peer = upstream.addr,
+    let (gw, key) = cached_token_route(
+        &upstream,
+        ", claims_to_headers: { x-tenant: tid }",
+        ", headers: { authorization: \"Basic c3ZjOnVwc3RyZWFt\" }",
     );
-    let gw = Gateway::start_with_env(&config, &[("JWT_HS_SECRET", hs_secret.as_str())]);
-    let key = EncodingKey::from_secret(hs_secret.as_bytes()).expect("hs key");
     let token = |tid: &str| {
         let t = now();
         let claims = json!({ "iss": "legacy", "tid": tid, "exp": t + 600, "iat": t });

@@ -5,8 +5,8 @@
 mod common;
 
 use common::*;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 /// The `curl` lines of the quick start's `sh` block, each with the status its
 /// comment (on the line, or the comment line after it) names, if any.
@@ -43,38 +43,14 @@ fn quickstart_commands() -> Vec<(String, Option<u16>)> {
     commands
 }
 
-fn start_demo(listen: &str, admin: &str, log: &std::path::Path) -> Child {
-    Command::new(BIN)
-        .args(["demo", "--listen", listen, "--admin", admin])
-        .stdout(std::fs::File::create(log).expect("log file"))
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the demo")
-}
-
 #[test]
 fn the_readme_quick_start_works_as_written() {
     let commands = quickstart_commands();
     assert!(commands.len() >= 7, "{commands:?}");
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let admin = format!("127.0.0.1:{}", free_port());
-    let dir = temp_dir("quickstart");
-    let mut demo = start_demo(&listen, &admin, &dir.join("out"));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let printed = loop {
-        let out = std::fs::read_to_string(dir.join("out")).unwrap_or_default();
-        let probe = b"GET /readyz HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n";
-        let ready = send_raw(admin.parse().expect("addr"), probe).is_ok_and(|r| r.status == 200);
-        if ready && out.contains("user service") {
-            break out;
-        }
-        assert!(Instant::now() < deadline, "demo not ready: {out}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let users = printed
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("user service"))
+    let demo = Demo::start(&temp_dir("quickstart"));
+    let (listen, admin) = (demo.listen.to_string(), demo.admin.to_string());
+    let users = demo
+        .banner("user service")
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|url| url.strip_prefix("http://"))
         .expect("the user service's address is printed")
@@ -104,35 +80,19 @@ fn the_readme_quick_start_works_as_written() {
             }
         }
     }
-    let _ = demo.kill();
-    let _ = demo.wait();
 }
 
 #[test]
 fn the_demo_prints_a_bearer_token_and_a_curl_line_that_works() {
-    let listen = format!("127.0.0.1:{}", free_port());
-    let admin = format!("127.0.0.1:{}", free_port());
-    let dir = temp_dir("demo-token");
-    let mut demo = start_demo(&listen, &admin, &dir.join("out"));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let printed = loop {
-        let out = std::fs::read_to_string(dir.join("out")).unwrap_or_default();
-        let probe = b"GET /readyz HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n";
-        let ready = send_raw(admin.parse().expect("addr"), probe).is_ok_and(|r| r.status == 200);
-        if ready && out.contains("Ctrl-C") {
-            break out;
-        }
-        assert!(Instant::now() < deadline, "demo not ready: {out}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let token = printed
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("bearer token"))
-        .map(str::trim)
+    let demo = Demo::start(&temp_dir("demo-token"));
+    let listen = demo.listen;
+    let token = demo
+        .banner("bearer token")
         .expect("the token is printed")
         .to_string();
     assert_eq!(token.split('.').count(), 3, "a JWS compact token");
-    let curl = printed
+    let curl = demo
+        .printed
         .lines()
         .map(str::trim)
         .find(|l| l.starts_with("curl ") && l.contains("authorization: Bearer"))
@@ -163,6 +123,4 @@ fn the_demo_prints_a_bearer_token_and_a_curl_line_that_works() {
         .output()
         .expect("run curl");
     assert_eq!(String::from_utf8_lossy(&without.stdout), "401");
-    let _ = demo.kill();
-    let _ = demo.wait();
 }

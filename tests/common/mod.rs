@@ -1075,3 +1075,60 @@ pub fn promtool_accepts(text: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `portcullis demo` on free ports, ready (`/readyz` answers 200) and done
+/// printing its banner; stopped when dropped. Its stdout and stderr are in `dir`.
+pub struct Demo {
+    child: Child,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    /// What it printed up to the banner's last line.
+    pub printed: String,
+}
+
+impl Demo {
+    pub fn start(dir: &std::path::Path) -> Demo {
+        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let child = Command::new(BIN)
+            .args(["demo", "--listen", &listen.to_string()])
+            .args(["--admin", &admin.to_string()])
+            .stdout(std::fs::File::create(dir.join("stdout.log")).expect("log file"))
+            .stderr(std::fs::File::create(dir.join("stderr.log")).expect("log file"))
+            .spawn()
+            .expect("start the demo");
+        let mut demo = Demo {
+            child,
+            listen,
+            admin,
+            printed: String::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let probe = b"GET /readyz HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n";
+        loop {
+            let out = std::fs::read_to_string(dir.join("stdout.log")).unwrap_or_default();
+            let ready = send_raw(admin, probe).is_ok_and(|r| r.status == 200);
+            if ready && out.contains("Ctrl-C") {
+                demo.printed = out;
+                return demo;
+            }
+            assert!(Instant::now() < deadline, "demo not ready: {out}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The rest of the first banner line that starts with `label`, trimmed.
+    pub fn banner(&self, label: &str) -> Option<&str> {
+        self.printed
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(label))
+            .map(str::trim)
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
