@@ -137,17 +137,8 @@ PY
 # The `auth: jwt` twin of bench_config: the same job, the client's bearer
 # token (bench_token) in place of the key.
 bench_jwt_config() { # port admin_port backend_port
-  portcullis_head "$1" "$2"
-  cat <<YAML
-auth:
+  bench_config "$1" "$2" "$3" "auth:
   jwt:
-    issuers: [{ issuer: bench, audiences: [api], jwks_file: "$work/jwks.json", algorithms: [RS256] }]
-upstreams:
-  users:
-    peers: ["127.0.0.1:$3"]
-    headers: { x-gateway-secret: "bench-secret" }
-routes:
-  - { name: users, path: /users, upstream: users }
-  - { name: tokens, path: /tokens, upstream: users, auth: jwt }
-YAML
+    issuers: [{ issuer: bench, audiences: [api], jwks_file: \"$work/jwks.json\", algorithms: [RS256] }]"
+  echo "  - { name: tokens, path: /tokens, upstream: users, auth: jwt }"
 }

@@ -67,6 +67,12 @@ http { access_log off;
   upstream users { server 127.0.0.1:$backend; keepalive 256; }
   proxy_cache_path $shm levels=1:2 keys_zone=api:10m max_size=64m inactive=10m use_temp_path=off;
   server { listen 127.0.0.1:$ngx; keepalive_requests 100000;
+    # The job's upstream request, for both locations.
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    proxy_set_header x-api-key "";
+    proxy_set_header x-gateway-secret "bench-secret";
+    proxy_set_header x-forwarded-for \$remote_addr;
     location /cached {
       if (\$key_ok = 0) { return 401 '{"error":"invalid_api_key"}'; }
       proxy_cache api;
@@ -75,20 +81,10 @@ http { access_log off;
       proxy_cache_lock on;
       add_header cache-status \$upstream_cache_status;
       proxy_pass http://users;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header x-api-key "";
-      proxy_set_header x-gateway-secret "bench-secret";
-      proxy_set_header x-forwarded-for \$remote_addr;
     }
     location /users {
       if (\$key_ok = 0) { return 401 '{"error":"invalid_api_key"}'; }
       proxy_pass http://users;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header x-api-key "";
-      proxy_set_header x-gateway-secret "bench-secret";
-      proxy_set_header x-forwarded-for \$remote_addr;
     } } }
 NGINX
 taskset -c 0 nginx -c "$work/nginx-gw.conf" -p "$work" & pids+=($!)
