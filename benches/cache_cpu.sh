@@ -13,8 +13,7 @@ release_build
 
 backend=$(free_port); gw=$(free_port); admin=$(free_port); ngx=$(free_port)
 start_backend "$backend" 0
-bench_config "$gw" "$admin" "$backend" "cache: { max_size: 64MiB }" > "$work/portcullis.yaml"
-echo "  - { name: cached, path: /cached, upstream: users, cache: { ttl: 600s } }" >> "$work/portcullis.yaml"
+bench_cache_config "$gw" "$admin" "$backend" > "$work/portcullis.yaml"
 start_portcullis "$gw" "$work/portcullis.yaml" 0
 gw_pid=${pids[-1]}
 

@@ -14,6 +14,8 @@
 #   PORTCULLIS_BIN=a FLOOR_BIN=b bash benches/instructions.sh    measure copies of builds
 #   JOB=jwt bash benches/instructions.sh    the same job on an auth: jwt route, one
 #                                           RS256 token repeated (no floor)
+#   JOB=cache bash benches/instructions.sh  the same job on a cached route: every
+#                                           request after the first is a hit (no floor)
 source "$(dirname "$0")/lib.sh"
 need nginx valgrind python3
 release_build
@@ -25,6 +27,8 @@ count() { # requests [floor] -> total instructions
   local gw admin; gw=$(free_port) admin=$(free_port)
   if [ "${JOB:-}" = jwt ]; then
     bench_jwt_config "$gw" "$admin" "$backend" > "$work/cg.yaml"
+  elif [ "${JOB:-}" = cache ]; then
+    bench_cache_config "$gw" "$admin" "$backend" > "$work/cg.yaml"
   else
     bench_config "$gw" "$admin" "$backend" > "$work/cg.yaml"
   fi
@@ -40,6 +44,8 @@ count() { # requests [floor] -> total instructions
 }
 if [ "${JOB:-}" = jwt ]; then
   export REQ_PATH=/tokens/1 REQ_AUTH="authorization: Bearer $(bench_token)" FLOOR_TOO=0
+elif [ "${JOB:-}" = cache ]; then
+  export REQ_PATH=/cached/1 FLOOR_TOO=0
 fi
 ir1=$(count "$N1") ir2=$(count "$N2")
 # CG_OUT=file keeps the larger run's profile for callgrind_annotate, and the

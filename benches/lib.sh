@@ -134,6 +134,13 @@ PY
   cat "$work/jwt.token"
 }
 
+# bench_config plus a cache and a cached route (/cached) on the same upstream:
+# every request to it after the first is a hit.
+bench_cache_config() { # port admin_port backend_port
+  bench_config "$1" "$2" "$3" "cache: { max_size: 64MiB }"
+  echo "  - { name: cached, path: /cached, upstream: users, cache: { ttl: 600s } }"
+}
+
 # The `auth: jwt` twin of bench_config: the same job, the client's bearer
 # token (bench_token) in place of the key.
 bench_jwt_config() { # port admin_port backend_port

@@ -50,8 +50,7 @@ start_backend "$backend" 0
 start_floor "$floor" "$backend" 0
 
 # Portcullis: one worker thread, the job and nothing else; plus the cached route.
-bench_config "$gw" "$admin" "$backend" "cache: { max_size: 64MiB }" > "$work/portcullis.yaml"
-echo "  - { name: cached, path: /cached, upstream: users, cache: { ttl: 600s } }" >> "$work/portcullis.yaml"
+bench_cache_config "$gw" "$admin" "$backend" > "$work/portcullis.yaml"
 start_portcullis "$gw" "$work/portcullis.yaml" 0
 
 # nginx doing the same job: the key checked with a map, the secret set, the
