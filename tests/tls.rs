@@ -127,6 +127,37 @@ fn tls_to_upstreams_verifies_by_default() {
 }
 
 #[test]
+fn tls_to_upstreams_verifies_against_the_system_ca_store() {
+    // The system store is read once, at the first handshake that verifies
+    // (vendor/patches/0009), not by every connector at start: a peer whose
+    // certificate it holds is still trusted.
+    let backend = Backend::echo();
+    let (dir, tls, _inner) = tls_gateway("tls-ca", "backend.test", backend.addr, ", auth: none");
+    let cert = dir.join("tls.crt");
+    assert!(cert.exists(), "self_signed wrote {}", cert.display());
+    let empty_dir = temp_dir("tls-ca-empty");
+    let config = one_route_config(&[tls], "    tls: true\n    sni: backend.test\n", "");
+    let gw = Gateway::start_with_env(
+        &config,
+        &[
+            ("SSL_CERT_FILE", cert.to_str().expect("utf-8 path")),
+            ("SSL_CERT_DIR", empty_dir.to_str().expect("utf-8 path")),
+        ],
+    );
+    let resp = gw.get_with_key("/users/9");
+    assert_eq!(
+        resp.status,
+        200,
+        "trusted by the system store: {}",
+        resp.text()
+    );
+    assert_eq!(
+        backend.last().header("x-forwarded-host"),
+        Some("backend.test")
+    );
+}
+
+#[test]
 fn unreadable_certificate_files_are_config_errors() {
     let dir = temp_dir("tls-bad");
     let config_path = dir.join("gateway.yaml");

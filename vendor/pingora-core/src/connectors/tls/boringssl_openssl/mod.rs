@@ -14,7 +14,8 @@
 
 use log::debug;
 use pingora_error::{Error, ErrorType::*, OrErr, Result};
-use std::sync::{Arc, Once};
+use std::any::Any;
+use std::sync::{Arc, Once, OnceLock};
 
 use crate::connectors::tls::replace_leftmost_underscore;
 use crate::connectors::ConnectorOptions;
@@ -26,8 +27,11 @@ use crate::tls::ext::{
     ssl_set_renegotiate_mode_freely, ssl_set_verify_cert_store, ssl_use_certificate,
     ssl_use_private_key, ssl_use_second_key_share,
 };
-use crate::tls::ssl::{SslConnector, SslFiletype, SslMethod, SslVerifyMode, SslVersion};
-use crate::tls::x509::store::X509StoreBuilder;
+use crate::tls::ssl::{
+    SslConnector, SslConnectorBuilder, SslContext, SslContextRef, SslFiletype, SslMethod,
+    SslVerifyMode, SslVersion,
+};
+use crate::tls::x509::store::{X509Store, X509StoreBuilder, X509StoreRef};
 use crate::upstreams::peer::{Peer, ALPN};
 
 pub type TlsConnector = SslConnector;
@@ -85,6 +89,63 @@ fn init_ssl_cert_env_vars() {
     INIT_CA_ENV.call_once(|| unsafe { openssl_probe::init_openssl_env_vars() });
 }
 
+/// The system's trusted CAs (the default verify paths), parsed once per process
+/// and only when a handshake first verifies a peer against them: a parsed
+/// system bundle takes 2-3 MiB, and every connector used to load its own copy
+/// when it was made (an HTTP connector has two; each health check has one).
+/// `None` if it could not be loaded.
+static DEFAULT_VERIFY_STORE: OnceLock<Option<X509Store>> = OnceLock::new();
+
+fn default_verify_store() -> Option<&'static X509StoreRef> {
+    DEFAULT_VERIFY_STORE
+        .get_or_init(|| {
+            init_ssl_cert_env_vars();
+            let mut builder = X509StoreBuilder::new().ok()?;
+            // load from default system wide trust location. (the name is misleading)
+            builder.set_default_paths().ok()?;
+            Some(builder.build())
+        })
+        .as_deref()
+}
+
+/// A context without a `ca_file` verifies peers against [`default_verify_store`],
+/// loaded at the first handshake that needs it. The context is marked with
+/// ex_data for [`connect`], which sees only the context, and its own store
+/// (`SslConnector::builder` fills it with the system CAs) is replaced by an
+/// empty one, freeing that copy. Should no ex_data index be available, it
+/// loads the system CAs itself as before.
+fn mark_or_load_default_store(builder: &mut SslConnectorBuilder) {
+    let marked = default_store_index().downcast_ref().and_then(|index| {
+        let empty = X509StoreBuilder::new().ok()?.build();
+        builder.set_ex_data(*index, ());
+        builder.set_cert_store(empty);
+        Some(())
+    });
+    if marked.is_none() {
+        init_ssl_cert_env_vars();
+        // load from default system wide trust location. (the name is misleading)
+        builder.set_default_verify_paths().unwrap();
+    }
+}
+
+fn is_marked_default_store(ctx: &SslContextRef) -> bool {
+    default_store_index()
+        .downcast_ref()
+        .is_some_and(|index| ctx.ex_data::<()>(*index).is_some())
+}
+
+/// The ex_data index of the mark, allocated once; kept as `Any` because the
+/// tls layer does not export openssl's `Index` type.
+fn default_store_index() -> &'static (dyn Any + Send + Sync) {
+    static INDEX: OnceLock<Box<dyn Any + Send + Sync>> = OnceLock::new();
+    INDEX
+        .get_or_init(|| match SslContext::new_ex_index::<()>() {
+            Ok(index) => Box::new(index),
+            Err(_) => Box::new(()), // no index: contexts load the CAs themselves
+        })
+        .as_ref()
+}
+
 #[derive(Clone)]
 pub struct Connector {
     pub(crate) ctx: Arc<SslConnector>, // Arc to support clone
@@ -110,9 +171,7 @@ impl Connector {
             if let Some(ca_file_path) = conf.ca_file.as_ref() {
                 builder.set_ca_file(ca_file_path).unwrap();
             } else {
-                init_ssl_cert_env_vars();
-                // load from default system wide trust location. (the name is misleading)
-                builder.set_default_verify_paths().unwrap();
+                mark_or_load_default_store(&mut builder);
             }
             if let Some((cert, key)) = conf.cert_key_file.as_ref() {
                 builder.set_certificate_chain_file(cert).unwrap();
@@ -135,8 +194,7 @@ impl Connector {
                 }
             }
         } else {
-            init_ssl_cert_env_vars();
-            builder.set_default_verify_paths().unwrap();
+            mark_or_load_default_store(&mut builder);
         }
 
         Connector {
@@ -223,6 +281,14 @@ where
             }
         }
         ssl_conf.set_verify(SslVerifyMode::PEER);
+        // No CA of the peer's own and no `ca_file`: the system's, shared.
+        if peer.get_ca().is_none() && is_marked_default_store(tls_ctx.context()) {
+            let Some(store) = default_verify_store() else {
+                return Error::e_explain(InternalError, "failed to load the system CA store");
+            };
+            ssl_set_verify_cert_store(&mut ssl_conf, store)
+                .or_err(InternalError, "failed to load cert store")?;
+        }
     } else {
         ssl_conf.set_verify(SslVerifyMode::NONE);
     }
