@@ -178,8 +178,10 @@ impl RawStreamWrapper {
             rx_ts: None,
             #[cfg(target_os = "linux")]
             enable_rx_ts: false,
+            // Allocated on the first read that asks for rx timestamps: most
+            // streams never do, and an idle one would hold it for its life.
             #[cfg(target_os = "linux")]
-            reusable_cmsg_space: nix::cmsg_space!(nix::sys::socket::Timestamps),
+            reusable_cmsg_space: Vec::new(),
         }
     }
 
@@ -243,6 +245,10 @@ impl AsyncRead for RawStreamWrapper {
                     };
                     let mut iov = [IoSliceMut::new(b)];
 
+                    if rs_wrapper.reusable_cmsg_space.is_empty() {
+                        rs_wrapper.reusable_cmsg_space =
+                            nix::cmsg_space!(nix::sys::socket::Timestamps);
+                    }
                     rs_wrapper.reusable_cmsg_space.fill(0);
 
                     match s.try_io(Interest::READABLE, || {
