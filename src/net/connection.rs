@@ -23,12 +23,13 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::BytesMut;
 use http::Method;
-use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream, ServerApp};
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::{Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
 use std::cell::RefCell;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -155,8 +156,10 @@ impl ClientConnections {
                 match read_head(&mut stream, &limits, first, shutdown, pipelined).await {
                     Head::Ready(read, head_len) => (read, head_len),
                     Head::Gone => return,
+                    // On the heap: its write and linger timers would
+                    // otherwise size every connection's task, idle or not.
                     Head::Refused { refusal, why, read } => {
-                        return self.refuse(stream, refusal, why, &read).await;
+                        return Box::pin(self.refuse(stream, refusal, why, &read)).await;
                     }
                 };
             first = false;
@@ -164,24 +167,40 @@ impl ClientConnections {
                 Some(end) => read.split_off(end),
                 None => BytesMut::new(),
             };
-            let mut session = ServerSession::new_http1(stream);
-            if let Some(settings) = settings.take() {
-                settings.apply_to_session(&mut session);
-            }
-            // Idle time between requests is ours to enforce (`read_head`); this
-            // only tells Pingora the connection may be kept alive.
-            let keepalive = (!*shutdown.borrow()).then(|| limits.idle_timeout.as_secs().max(1));
-            session.set_keepalive(keepalive);
-            // Each read of the request body; Pingora's own is 60 s.
-            session.set_read_timeout(Some(limits.body_read_timeout));
-            if let ServerSession::H1(h1) = &mut session {
-                h1.set_pipelined_prefix(read);
-            }
-            let Some(reused) = self.proxy.process_new_http(session, shutdown).await else {
+            let request = self.serve_request(stream, settings.take(), &limits, read, shutdown);
+            let Some(reused) = request.await else {
                 return;
             };
             (stream, settings) = reused.consume();
         }
+    }
+
+    /// Hands one request, already read (`read`), to the Pingora proxy. Not
+    /// async: Pingora's session (~1 KiB, its `HttpSession` inline) is made here
+    /// and moved into the proxy's boxed future, so it takes no room in the
+    /// connection's task, which lives on while the connection idles.
+    fn serve_request<'a>(
+        &'a self,
+        stream: Stream,
+        settings: Option<HttpPersistentSettings>,
+        limits: &ClientLimits,
+        read: BytesMut,
+        shutdown: &'a ShutdownWatch,
+    ) -> Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'a>> {
+        let mut session = ServerSession::new_http1(stream);
+        if let Some(settings) = settings {
+            settings.apply_to_session(&mut session);
+        }
+        // Idle time between requests is ours to enforce (`read_head`); this
+        // only tells Pingora the connection may be kept alive.
+        let keepalive = (!*shutdown.borrow()).then(|| limits.idle_timeout.as_secs().max(1));
+        session.set_keepalive(keepalive);
+        // Each read of the request body; Pingora's own is 60 s.
+        session.set_read_timeout(Some(limits.body_read_timeout));
+        if let ServerSession::H1(h1) = &mut session {
+            h1.set_pipelined_prefix(read);
+        }
+        self.proxy.process_new_http(session, shutdown)
     }
 
     /// Answers a refused head with the gateway's JSON, logs and counts it as a
