@@ -1,7 +1,10 @@
 //! The `portcullis` command line (SPEC §2).
 
 // glibc's malloc and free were ~15% of the CPU a proxied request took (`perf`);
-// mimalloc cuts CPU per request by 15-25% (README, Performance).
+// mimalloc cuts CPU per request by 15-25% (README, Performance). Built with
+// `no_thp` (Cargo.toml): mimalloc would advise transparent huge pages on its
+// arena, and each touched 2 MiB then counts whole: 9 MiB more RSS at start and
+// 11.6 MiB more with 10,000 idle clients (`benches/idle_rss.sh`).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
