@@ -184,6 +184,9 @@ fn proxy_service(
     // with the gateway's JSON 405 (HTTP/1 ones never get past the head gate).
     options.allow_connect_method_proxying = true;
     proxy.server_options = Some(options);
+    // A request without a body is proxied in one loop, not through the duplex
+    // pipe that streams a request body (vendor patch 0006).
+    proxy.h1_bodyless_fast_path = true;
     let connections = ClientConnections::new(proxy, tables.clone(), plan.log_format);
     let mut proxy_service = Service::new("portcullis".to_string(), connections);
     for addr in &plan.listen {

@@ -194,6 +194,15 @@ where
     pub upstream_modules: HttpModules,
     max_retries: usize,
     process_custom_session: Option<ProcessCustomSession<SV, C>>,
+    /// Proxy a request without a body to an HTTP/1 upstream in one loop (read the
+    /// response, filter it, write it downstream, watch the client) instead of the
+    /// duplex task pipe that streams a request body while the response arrives.
+    /// The same filters run in the same order with the same connection-reuse
+    /// decisions; what differs is that the next upstream chunk is read only once the
+    /// previous one is written downstream (no read-ahead of up to four chunks).
+    /// Requests with a cache enabled or bypassing, upgrades and custom sessions
+    /// always take the pipe. Off by default.
+    pub h1_bodyless_fast_path: bool,
 }
 
 impl<SV> HttpProxy<SV, ()> {
@@ -230,6 +239,7 @@ impl<SV> HttpProxy<SV, ()> {
             upstream_modules: HttpModules::new(),
             max_retries: conf.max_retries,
             process_custom_session: None,
+            h1_bodyless_fast_path: false,
         }
     }
 }
@@ -266,6 +276,7 @@ where
             max_retries: conf.max_retries,
             process_custom_session: on_custom,
             h2_options: None,
+            h1_bodyless_fast_path: false,
         }
     }
 

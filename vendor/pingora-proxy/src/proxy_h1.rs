@@ -139,10 +139,24 @@ where
             Err(e) => return (false, false, Some(e)),
         };
 
+        session.as_mut().enable_retry_buffering();
+
+        // A request without a body has nothing to stream while the response arrives:
+        // no custom messages to forward either, so no pipe is needed.
+        if downstream_custom_message_writer.is_none()
+            && downstream_custom_message_reader.is_none()
+            && self.can_skip_body_pipe(session)
+        {
+            return match self.proxy_bodyless_h1(session, client_session, ctx).await {
+                Ok((downstream_can_reuse, upstream_can_reuse)) => {
+                    (downstream_can_reuse, upstream_can_reuse, None)
+                }
+                Err(e) => (false, false, Some(e)),
+            };
+        }
+
         let (tx_upstream, rx_upstream) = mpsc::channel::<HttpTask>(TASK_BUFFER_SIZE);
         let (tx_downstream, rx_downstream) = mpsc::channel::<HttpTask>(TASK_BUFFER_SIZE);
-
-        session.as_mut().enable_retry_buffering();
 
         // Shared signal so the upstream half can distinguish an expected task-pipe
         // closure (the downstream half finished and dropped rx) from an unexpected one.
@@ -243,6 +257,118 @@ where
         session.set_upstream_write_pending_time(upstream_write_pending);
 
         (server_session_reuse, client_session_reuse, error)
+    }
+
+    /// Whether this request may skip the body pipe ([`HttpProxy::h1_bodyless_fast_path`]):
+    /// its body is empty, it is no upgrade (whose body starts after a 101), the cache
+    /// is neither enabled nor bypassing (its fill, revalidation and serving from cache
+    /// run beside the upstream response in the pipe), and the session is no custom one.
+    fn can_skip_body_pipe(&self, session: &mut Session) -> bool {
+        self.h1_bodyless_fast_path
+            && !session.downstream_session.is_custom()
+            && !session.cache.enabled()
+            && !session.cache.bypassing()
+            && session.h1_upgrade_request_status.upstream == Some(false)
+            && !session.downstream_session.is_upgrade_req()
+            && !session.was_upgraded()
+            && session.as_mut().is_body_empty()
+    }
+
+    /// [`Self::proxy_1to1`] for a request without a body: what `proxy_handle_downstream`
+    /// and `proxy_handle_upstream` do for it, in one loop without the task pipe. The
+    /// request body filters see the end of the (empty) body and the upstream request is
+    /// finished; then each upstream response task goes through the same filters and is
+    /// written downstream, while the client is watched for going away. Returns whether
+    /// the downstream and the upstream connection can be reused.
+    async fn proxy_bodyless_h1(
+        &self,
+        session: &mut Session,
+        client_session: &mut HttpSessionV1,
+        ctx: &mut SV::CTX,
+    ) -> Result<(bool, bool)>
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
+        let mut upstream_can_reuse = true;
+        let mut send_error = None;
+        let buffer = session.as_ref().get_retry_buffer();
+        if let Some(task) = self.request_body_task(session, buffer, true, ctx).await? {
+            if let Err(e) = send_body_to1(client_session, Some(task)).await {
+                // As in `proxy_handle_upstream`: the response is still forwarded, but the
+                // partly written request makes the connection unsafe to reuse.
+                warn!("send error, draining read buf: {e}");
+                upstream_can_reuse = false;
+                send_error = Some(e);
+            }
+        }
+
+        // Inert without a cache; the response filters take them.
+        let mut serve_from_cache = ServeFromCache::new();
+        let mut range_body_filter = RangeBodyFilter::new();
+        let mut response_state = ResponseStateMachine::new();
+        let mut upstream_done = false;
+        let mut watch_downstream = true;
+
+        while !response_state.upstream_done() {
+            tokio::select! {
+                res = client_session.read_response_task() => {
+                    let task = match res {
+                        Ok(task) => {
+                            upstream_done = task.is_end();
+                            task
+                        }
+                        Err(e) => {
+                            // The error goes downstream through the filters; the HTTP/1
+                            // message boundary was not reached, so no reuse.
+                            upstream_can_reuse = false;
+                            response_state.maybe_set_upstream_done(true);
+                            HttpTask::Failed(send_error.take().unwrap_or(e).into_up())
+                        }
+                    };
+                    let Some(task) = self
+                        .filter_upstream_task(
+                            session,
+                            ctx,
+                            task,
+                            &mut serve_from_cache,
+                            &mut range_body_filter,
+                            &mut response_state,
+                        )
+                        .await?
+                    else {
+                        continue;
+                    };
+                    let response_done = session.write_response_tasks(vec![task]).await?;
+                    response_state.maybe_set_upstream_done(response_done);
+                },
+
+                res = session.downstream_session.read_body_or_idle(true), if watch_downstream => {
+                    match res {
+                        // The client went away (or sent data after the request).
+                        Err(e) => return Err(e.into_down()),
+                        // With no body expected, only custom sessions (which never take
+                        // this path) hand out data here.
+                        Ok(_) => watch_downstream = false,
+                    }
+                },
+            }
+        }
+
+        let mut reuse_downstream = true;
+        if let Err(e) = session.as_mut().finish_body().await {
+            error!("Error finish sending body to downstream: {}", e);
+            reuse_downstream = false;
+        }
+
+        // The downstream response can end before the upstream one (by its own framing).
+        // As in `proxy_handle_upstream` once the pipe is closed: the connection is
+        // reused only if the next task read is the end of the upstream response.
+        if !upstream_done && upstream_can_reuse {
+            upstream_can_reuse =
+                matches!(client_session.read_response_task().await, Ok(task) if task.is_end());
+        }
+        Ok((reuse_downstream, upstream_can_reuse))
     }
 
     async fn proxy_handle_upstream(
@@ -396,36 +522,21 @@ where
 
         /* run filters before sending to downstream */
         let mut filtered_tasks = Vec::with_capacity(TASK_BUFFER_SIZE);
-        for mut t in tasks {
-            if self.revalidate_or_stale(session, &mut t, ctx).await {
-                serve_from_cache.enable();
-                response_state.enable_cached_response();
-                // skip downstream filtering entirely as the 304 will not be sent
-                break;
+        for t in tasks {
+            match self
+                .filter_upstream_task(
+                    session,
+                    ctx,
+                    t,
+                    serve_from_cache,
+                    range_body_filter,
+                    response_state,
+                )
+                .await?
+            {
+                Some(task) => filtered_tasks.push(task),
+                None => break,
             }
-            #[cfg(feature = "upstream_modules")]
-            if let HttpTask::Header(header, end_of_stream) = &t {
-                self.inner
-                    .adjust_upstream_modules(session, header, *end_of_stream, ctx)
-                    .await?;
-            }
-            #[cfg(feature = "upstream_modules")]
-            session.upstream_modules_filter_task(&mut t).await?;
-            session.upstream_compression.response_filter(&mut t);
-            let task = self
-                .h1_response_filter(session, t, ctx, serve_from_cache, range_body_filter, false)
-                .await?;
-            if serve_from_cache.is_miss_header() {
-                response_state.enable_cached_response();
-            }
-            // check error and abort
-            // otherwise the error is surfaced via write_response_tasks()
-            if !serve_from_cache.should_send_to_downstream() {
-                if let HttpTask::Failed(e) = task {
-                    return Err(e);
-                }
-            }
-            filtered_tasks.push(task);
         }
 
         if !serve_from_cache.should_send_to_downstream() {
@@ -436,6 +547,52 @@ where
         let response_done = session.write_response_tasks(filtered_tasks).await?;
 
         Ok(Some(response_done))
+    }
+
+    /// Runs the response filters on one task read from the upstream. `None` when the
+    /// upstream answered a revalidation and the response is served from the cache.
+    async fn filter_upstream_task(
+        &self,
+        session: &mut Session,
+        ctx: &mut SV::CTX,
+        mut t: HttpTask,
+        serve_from_cache: &mut ServeFromCache,
+        range_body_filter: &mut RangeBodyFilter,
+        response_state: &mut ResponseStateMachine,
+    ) -> Result<Option<HttpTask>>
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
+        if self.revalidate_or_stale(session, &mut t, ctx).await {
+            serve_from_cache.enable();
+            response_state.enable_cached_response();
+            // skip downstream filtering entirely as the 304 will not be sent
+            return Ok(None);
+        }
+        #[cfg(feature = "upstream_modules")]
+        if let HttpTask::Header(header, end_of_stream) = &t {
+            self.inner
+                .adjust_upstream_modules(session, header, *end_of_stream, ctx)
+                .await?;
+        }
+        #[cfg(feature = "upstream_modules")]
+        session.upstream_modules_filter_task(&mut t).await?;
+        session.upstream_compression.response_filter(&mut t);
+        let task = self
+            .h1_response_filter(session, t, ctx, serve_from_cache, range_body_filter, false)
+            .await?;
+        if serve_from_cache.is_miss_header() {
+            response_state.enable_cached_response();
+        }
+        // check error and abort
+        // otherwise the error is surfaced via write_response_tasks()
+        if !serve_from_cache.should_send_to_downstream() {
+            if let HttpTask::Failed(e) = task {
+                return Err(e);
+            }
+        }
+        Ok(Some(task))
     }
 
     // todo use this function to replace bidirection_1to2()
@@ -1020,7 +1177,7 @@ where
     async fn send_body_to_pipe(
         &self,
         session: &mut Session,
-        mut data: Option<Bytes>,
+        data: Option<Bytes>,
         end_of_body: bool,
         tx: mpsc::Permit<'_, HttpTask>,
         ctx: &mut SV::CTX,
@@ -1034,6 +1191,29 @@ where
         // affected by the request_body_filter
         let end_of_body = end_of_body || data.is_none();
 
+        if let Some(task) = self
+            .request_body_task(session, data, end_of_body, ctx)
+            .await?
+        {
+            tx.send(task);
+        }
+        Ok(end_of_body)
+    }
+
+    /// Runs the request body filters on a chunk read from downstream (`end_of_body`: the
+    /// downstream body ends here) and returns the task that carries it upstream, or
+    /// `None` when there is nothing to send yet.
+    async fn request_body_task(
+        &self,
+        session: &mut Session,
+        mut data: Option<Bytes>,
+        end_of_body: bool,
+        ctx: &mut SV::CTX,
+    ) -> Result<Option<HttpTask>>
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
         session
             .downstream_modules_ctx
             .request_body_filter(&mut data, end_of_body)
@@ -1053,7 +1233,7 @@ where
          * Don't write 0 bytes to the network since it will be
          * treated as the terminating chunk */
         if !upstream_end_of_body && data.as_ref().is_some_and(|d| d.is_empty()) {
-            return Ok(false);
+            return Ok(None);
         }
 
         debug!(
@@ -1063,12 +1243,10 @@ where
 
         // upgraded body needs to be marked
         if session.was_upgraded() {
-            tx.send(HttpTask::UpgradedBody(data, upstream_end_of_body));
+            Ok(Some(HttpTask::UpgradedBody(data, upstream_end_of_body)))
         } else {
-            tx.send(HttpTask::Body(data, upstream_end_of_body));
+            Ok(Some(HttpTask::Body(data, upstream_end_of_body)))
         }
-
-        Ok(end_of_body)
     }
 }
 
