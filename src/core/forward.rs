@@ -152,12 +152,19 @@ pub fn new_request_id() -> String {
 /// Appends the low `digits` hex digits of `value`, zero-padded, lowercase:
 /// what `format!("{:032x}")` gives, without the formatting machinery on the
 /// request path (ids and trace context are made for every request).
+/// The digits go to a stack buffer and into `out` at once: a `push` per
+/// digit checks the capacity each time. At most 32 digits (a `u128`).
 pub fn push_hex(out: &mut String, value: u128, digits: usize) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for i in (0..digits).rev() {
-        let nibble = ((value >> (i * 4)) & 0xf) as usize;
-        out.push(HEX[nibble] as char);
+    let digits = digits.min(32);
+    let mut buf = [0u8; 32];
+    let mut rest = value;
+    for slot in buf[..digits].iter_mut().rev() {
+        *slot = HEX[(rest & 0xf) as usize];
+        rest >>= 4;
     }
+    // Only ASCII hex digits were written.
+    out.push_str(std::str::from_utf8(&buf[..digits]).unwrap_or_default());
 }
 
 /// Header names listed in a `connection` header, which are hop-by-hop too.
@@ -540,6 +547,29 @@ mod tests {
         fn insert_str(&mut self, name: HeaderName, value: &str) -> Result<(), Self::Error> {
             HeaderMap::insert(self, name, HeaderValue::from_str(value)?);
             Ok(())
+        }
+    }
+
+    #[test]
+    fn push_hex_writes_what_format_writes() {
+        for value in [
+            0u128,
+            1,
+            0xabc,
+            u128::from(u64::MAX),
+            u128::MAX,
+            0x0123_4567_89ab_cdef,
+        ] {
+            for digits in [1, 16, 32] {
+                let mut out = String::from("x");
+                push_hex(&mut out, value, digits);
+                let full = format!("{value:032x}");
+                assert_eq!(
+                    out,
+                    format!("x{}", &full[32 - digits..]),
+                    "{value} {digits}"
+                );
+            }
         }
     }
 
