@@ -51,7 +51,7 @@ pub struct Forwarded {
 impl Forwarded {
     /// The peer alone: one formatting serves as the client's text and the header.
     fn peer(peer: IpAddr) -> Self {
-        let text = peer.to_string();
+        let text = ip_text(peer);
         Forwarded {
             client: peer,
             client_text: text.clone(),
@@ -59,6 +59,28 @@ impl Forwarded {
             peer_trusted: false,
         }
     }
+}
+
+/// `ip` as text, as `Display` writes it: IPv4 by hand, since this runs for
+/// every request and the formatting machinery costs several times more.
+fn ip_text(ip: IpAddr) -> String {
+    let IpAddr::V4(v4) = ip else {
+        return ip.to_string();
+    };
+    let mut text = String::with_capacity(15);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text.push('.');
+        }
+        if octet >= 100 {
+            text.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            text.push(char::from(b'0' + octet / 10 % 10));
+        }
+        text.push(char::from(b'0' + octet % 10));
+    }
+    text
 }
 
 /// The client and the `x-forwarded-for` to send upstream.
@@ -130,12 +152,19 @@ pub fn new_request_id() -> String {
 /// Appends the low `digits` hex digits of `value`, zero-padded, lowercase:
 /// what `format!("{:032x}")` gives, without the formatting machinery on the
 /// request path (ids and trace context are made for every request).
+/// The digits go to a stack buffer and into `out` at once: a `push` per
+/// digit checks the capacity each time. At most 32 digits (a `u128`).
 pub fn push_hex(out: &mut String, value: u128, digits: usize) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for i in (0..digits).rev() {
-        let nibble = ((value >> (i * 4)) & 0xf) as usize;
-        out.push(HEX[nibble] as char);
+    let digits = digits.min(32);
+    let mut buf = [0u8; 32];
+    let mut rest = value;
+    for slot in buf[..digits].iter_mut().rev() {
+        *slot = HEX[(rest & 0xf) as usize];
+        rest >>= 4;
     }
+    // Only ASCII hex digits were written.
+    out.push_str(std::str::from_utf8(&buf[..digits]).unwrap_or_default());
 }
 
 /// Header names listed in a `connection` header, which are hop-by-hop too.
@@ -143,14 +172,20 @@ pub fn connection_listed(value: &str) -> impl Iterator<Item = &str> {
     value.split(',').map(str::trim).filter(|s| !s.is_empty())
 }
 
-/// Every header name the `connection` headers of a head list. Rare, so the
-/// list is only allocated when there is one.
+/// Every header name the `connection` headers of a head list, but those of
+/// [`HOP_BY_HOP`], which every caller removes anyway (`keep-alive`, the usual
+/// one). Rare, so the list is only allocated when there is one.
 fn connection_names(headers: &HeaderMap) -> Vec<HeaderName> {
     headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(connection_listed)
+        .filter(|name| {
+            !HOP_BY_HOP
+                .iter()
+                .any(|hop| hop.as_str().eq_ignore_ascii_case(name))
+        })
         .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect()
 }
@@ -195,15 +230,20 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
-/// Removes those of `names` the head carries. One pass over its fields decides
-/// whether there is anything to do: most heads carry none of these, and
-/// removing an absent name still hashes it and probes the map (~180
-/// instructions a name, benches/instructions.sh).
-fn remove_all<H: HeaderEdit>(head: &mut H, names: &[HeaderName]) {
-    if head.headers().keys().any(|present| names.contains(present)) {
-        for name in names {
-            head.remove(name);
-        }
+/// Removes those of the `groups`' names the head carries. One pass over its
+/// fields finds which are present, and only those are removed: most heads
+/// carry none or one of these, and removing an absent name still hashes it and
+/// probes both of a Pingora head's maps (~130 instructions a name,
+/// benches/instructions.sh). The list is only allocated when one is present.
+fn remove_all<H: HeaderEdit>(head: &mut H, groups: &[&[HeaderName]]) {
+    let present: Vec<HeaderName> = head
+        .headers()
+        .keys()
+        .filter(|key| groups.iter().any(|names| names.contains(key)))
+        .cloned()
+        .collect();
+    for name in &present {
+        head.remove(name);
     }
 }
 
@@ -217,6 +257,11 @@ pub trait HeaderEdit {
     type Error;
     fn headers(&self) -> &HeaderMap;
     fn remove(&mut self, name: &HeaderName);
+    /// Makes room for `additional` more headers at once, before a series of
+    /// inserts: a head parsed with two headers and given six more would
+    /// otherwise grow its maps twice. Capacity only: past the map's limit the
+    /// inserts themselves report it.
+    fn reserve(&mut self, additional: usize);
     fn insert(&mut self, name: HeaderName, value: HeaderValue) -> Result<(), Self::Error>;
     /// Inserts a value that must still be checked as a header value.
     fn insert_str(&mut self, name: HeaderName, value: &str) -> Result<(), Self::Error>;
@@ -300,16 +345,18 @@ pub fn rewrite_upstream_request<H: HeaderEdit>(
             req.remove(name);
         }
     }
-    remove_all(req, &HOP_BY_HOP);
+    // Like `x-forwarded-for`: a client's own claim of its address is not
+    // passed to a backend that may believe it, unless a trusted proxy sent it.
+    let claims: &[HeaderName] = if forwarding.peer_trusted {
+        &[]
+    } else {
+        &ADDRESS_CLAIMS
+    };
     if is_upgrade {
+        remove_all(req, &[&HOP_BY_HOP, claims]);
         req.insert(header::CONNECTION, HeaderValue::from_static("upgrade"))?;
     } else {
-        remove_all(req, &UPGRADE_ONLY);
-    }
-    if !forwarding.peer_trusted {
-        // Like `x-forwarded-for`: a client's own claim of its address is not
-        // passed to a backend that may believe it.
-        remove_all(req, &ADDRESS_CLAIMS);
+        remove_all(req, &[&HOP_BY_HOP, &UPGRADE_ONLY, claims]);
     }
     // Two equal lengths passed the head gate (different ones are refused):
     // the upstream gets one, so no parser downstream can read two.
@@ -328,6 +375,10 @@ pub fn rewrite_upstream_request<H: HeaderEdit>(
     for name in &destination.route_headers.remove {
         req.remove(name);
     }
+    // The sets below, `x-forwarded-for`, `-proto`, `-host`, `x-request-id`,
+    // `traceparent` and `host`.
+    let added = destination.upstream_headers.len() + destination.route_headers.set.len() + 6;
+    req.reserve(added);
     let sets = destination.upstream_headers.iter();
     for (name, value) in sets.chain(&destination.route_headers.set) {
         req.insert(name.clone(), value.clone())?;
@@ -362,7 +413,8 @@ pub fn rewrite_upstream_response<H: HeaderEdit>(
     switching_protocols: bool,
     route_headers: &HeaderRules,
 ) -> Result<(), H::Error> {
-    remove_all(resp, secret_headers);
+    // Secrets go in the one pass below with the hop-by-hop headers (config
+    // refuses a hop-by-hop name for a secret, so `connection` is read intact).
     for name in &connection_names(resp.headers()) {
         // The body's framing is Pingora's to read and rewrite, whatever the
         // upstream lists: removing it here would leave the answer unframed.
@@ -372,13 +424,13 @@ pub fn rewrite_upstream_response<H: HeaderEdit>(
             resp.remove(name);
         }
     }
-    remove_all(resp, &HOP_BY_HOP);
     if switching_protocols {
+        remove_all(resp, &[secret_headers, &HOP_BY_HOP]);
         resp.insert(header::CONNECTION, HeaderValue::from_static("upgrade"))?;
     } else {
         // An `upgrade` on any other answer (an h2c offer) is an invitation the
         // client cannot take through the gateway.
-        resp.remove(&header::UPGRADE);
+        remove_all(resp, &[secret_headers, &HOP_BY_HOP, &[header::UPGRADE]]);
     }
     route_headers.apply(resp)
 }
@@ -485,6 +537,9 @@ mod tests {
         fn remove(&mut self, name: &HeaderName) {
             HeaderMap::remove(self, name);
         }
+        fn reserve(&mut self, additional: usize) {
+            HeaderMap::reserve(self, additional);
+        }
         fn insert(&mut self, name: HeaderName, value: HeaderValue) -> Result<(), Self::Error> {
             HeaderMap::insert(self, name, value);
             Ok(())
@@ -492,6 +547,46 @@ mod tests {
         fn insert_str(&mut self, name: HeaderName, value: &str) -> Result<(), Self::Error> {
             HeaderMap::insert(self, name, HeaderValue::from_str(value)?);
             Ok(())
+        }
+    }
+
+    #[test]
+    fn push_hex_writes_what_format_writes() {
+        for value in [
+            0u128,
+            1,
+            0xabc,
+            u128::from(u64::MAX),
+            u128::MAX,
+            0x0123_4567_89ab_cdef,
+        ] {
+            for digits in [1, 16, 32] {
+                let mut out = String::from("x");
+                push_hex(&mut out, value, digits);
+                let full = format!("{value:032x}");
+                assert_eq!(
+                    out,
+                    format!("x{}", &full[32 - digits..]),
+                    "{value} {digits}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn ip_text_writes_what_display_writes() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.30.40",
+            "255.255.255.255",
+            "100.9.99.101",
+            "::1",
+            "2001:db8::7",
+            "::ffff:1.2.3.4",
+        ] {
+            let ip: IpAddr = ip.parse().expect("ip");
+            assert_eq!(ip_text(ip), ip.to_string());
         }
     }
 
@@ -773,6 +868,27 @@ mod tests {
         assert_eq!(value(&switching, "x-internal"), None);
         assert_eq!(value(&switching, "keep-alive"), None);
         assert!(value(&switching, "sec-websocket-accept").is_some());
+    }
+
+    #[test]
+    fn removal_finds_every_present_name_among_many() {
+        // More names than one pass's mask holds, present ones on both sides
+        // of the 64th, one of them with two values.
+        let names: Vec<HeaderName> = (0..70)
+            .map(|i| HeaderName::from_bytes(format!("x-secret-{i}").as_bytes()).expect("name"))
+            .collect();
+        let mut resp = head(&[
+            ("x-secret-3", "a"),
+            ("x-secret-66", "b"),
+            ("x-secret-66", "c"),
+            ("x-kept", "1"),
+        ]);
+        rewrite_upstream_response(&mut resp, &names, false, &HeaderRules::default())
+            .expect("valid");
+        assert_eq!(value(&resp, "x-secret-3"), None);
+        assert_eq!(resp.get_all("x-secret-66").iter().count(), 0);
+        assert_eq!(value(&resp, "x-kept"), Some("1"));
+        assert_eq!(resp.len(), 1);
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! Stricter than Pingora on purpose (SPEC §4, issue 7): a front door that reads a
 //! request one way while the backend reads it another is how requests get smuggled.
 
+use std::mem::MaybeUninit;
+
 /// At most this many header lines; more is answered like a head too large.
 /// Pingora's own limit.
 pub const MAX_HEADERS: usize = 256;
@@ -48,9 +50,11 @@ pub fn inspect(buf: &[u8], max_head: usize) -> Verdict {
         return Verdict::TooLarge;
     }
 
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(head) {
+    // Uninitialized: httparse writes the slots it fills, and filling all 256
+    // first would cost more than parsing a short head.
+    let mut headers = [MaybeUninit::uninit(); MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    match req.parse_with_uninit_headers(head, &mut headers) {
         Ok(httparse::Status::Complete(n)) if n == end => {}
         Ok(_) => return Verdict::Malformed("malformed request head"),
         Err(httparse::Error::TooManyHeaders) => return Verdict::TooLarge,
@@ -253,9 +257,10 @@ pub fn request_end(buf: &[u8], head_len: usize) -> Option<usize> {
     if buf.len() <= head_len {
         return None;
     }
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    req.parse(&buf[..head_len]).ok()?;
+    let mut headers = [MaybeUninit::uninit(); MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    req.parse_with_uninit_headers(&buf[..head_len], &mut headers)
+        .ok()?;
     let mut body = 0usize;
     for header in req.headers.iter() {
         if header.name.eq_ignore_ascii_case("transfer-encoding") {

@@ -19,6 +19,11 @@ macro_rules! header_edit {
                 self.remove_header(name);
             }
 
+            fn reserve(&mut self, additional: usize) {
+                // Capacity only: an insert past `http`'s limit reports the error.
+                let _ = self.reserve_headers(additional);
+            }
+
             fn insert(&mut self, name: HeaderName, value: HeaderValue) -> Result<(), Box<Error>> {
                 self.insert_header(name, value)
             }

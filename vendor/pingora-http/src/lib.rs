@@ -239,6 +239,17 @@ impl RequestHeader {
         remove_header(self.header_name_map.as_mut(), &mut self.base.headers, name)
     }
 
+    /// Reserve room for at least `additional` more headers, in the header map and in the
+    /// case-preserving name map alike, so that inserting them grows each map at most once
+    /// instead of doubling it step by step (a proxy adding several headers to a small head).
+    pub fn reserve_headers(&mut self, additional: usize) -> Result<()> {
+        reserve_headers(
+            self.header_name_map.as_mut(),
+            &mut self.base.headers,
+            additional,
+        )
+    }
+
     /// Write the header to the `buf` in HTTP/1.1 wire format.
     ///
     /// The header case will be preserved.
@@ -593,6 +604,17 @@ impl ResponseHeader {
         remove_header(self.header_name_map.as_mut(), &mut self.base.headers, name)
     }
 
+    /// Reserve room for at least `additional` more headers, in the header map and in the
+    /// case-preserving name map alike, so that inserting them grows each map at most once
+    /// instead of doubling it step by step (a proxy adding several headers to a small head).
+    pub fn reserve_headers(&mut self, additional: usize) -> Result<()> {
+        reserve_headers(
+            self.header_name_map.as_mut(),
+            &mut self.base.headers,
+            additional,
+        )
+    }
+
     /// Write the header to the `buf` in HTTP/1.1 wire format.
     ///
     /// The header case will be preserved.
@@ -886,6 +908,23 @@ fn insert_header_value<T>(
     Ok(())
 }
 
+#[inline]
+fn reserve_headers<T>(
+    name_map: Option<&mut CaseMap>,
+    value_map: &mut HMap<T>,
+    additional: usize,
+) -> Result<()> {
+    if let Some(name_map) = name_map {
+        name_map
+            .try_reserve(additional)
+            .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
+    }
+    value_map.try_reserve(additional).or_err(
+        InvalidHTTPHeader,
+        "header value map size overflows MAX_SIZE",
+    )
+}
+
 // the &N here is to avoid clone(). None Copy type like String can impl AsHeaderName
 #[inline]
 fn remove_header<'a, T, N: ?Sized>(
@@ -1052,6 +1091,25 @@ mod tests {
         assert_eq!(8, http_header_map_upper_bound(None));
         assert_eq!(16, http_header_map_upper_bound(Some(16)));
         assert_eq!(4096, http_header_map_upper_bound(Some(7777)));
+    }
+
+    #[test]
+    fn test_reserve_headers() {
+        let mut req = RequestHeader::build("GET", b"/", Some(2)).unwrap();
+        req.append_header("Host", "a").unwrap();
+        req.reserve_headers(9).unwrap();
+        assert!(req.headers.capacity() >= 10);
+        for i in 0..9 {
+            req.insert_header(format!("X-Added-{i}"), "v").unwrap();
+        }
+        assert!(req.headers.capacity() >= 10);
+        let mut buf = vec![];
+        req.header_to_h1_wire(&mut buf);
+        assert!(buf.starts_with(b"Host: a\r\nX-Added-0: v\r\n"));
+
+        let mut resp = ResponseHeader::build_no_case(200, Some(1)).unwrap();
+        resp.reserve_headers(5).unwrap();
+        assert!(resp.headers.capacity() >= 5);
     }
 
     #[test]
