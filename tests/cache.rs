@@ -779,6 +779,17 @@ fn a_hit_carries_the_headers_of_the_miss_that_stored_it() {
     assert!(head.body.is_empty(), "{head:?}");
     assert_eq!(stable_names(&head), stable_names(&hit));
     assert_eq!(head.header("content-length"), Some("12"));
+
+    // The client's own validator matches the stored one: 304 from the hit.
+    let unchanged = gw.get("/h", &[("if-none-match", "\"v1\"")]);
+    assert_eq!(
+        (unchanged.status, status_of(&unchanged)),
+        (304, "portcullis; hit")
+    );
+    assert!(unchanged.body.is_empty(), "{unchanged:?}");
+    assert_eq!(unchanged.header("etag"), Some("\"v1\""));
+    let changed = gw.get("/h", &[("if-none-match", "\"v0\"")]);
+    assert_eq!((changed.status, changed.text()), (200, hit.text()));
     assert_eq!(hits(&backend), 1);
 }
 
