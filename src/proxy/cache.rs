@@ -13,7 +13,7 @@ use crate::core::cache::{self as policy, KeyParts, Outcome};
 use crate::core::forward::strip_hop_by_hop_response;
 use crate::tables::cache::CacheLimits;
 use http::header::{ACCEPT_RANGES, AGE, AUTHORIZATION, CONTENT_LENGTH, HOST, VARY};
-use http::{HeaderName, Method};
+use http::{HeaderName, HeaderValue, Method};
 use pingora_cache::key::HashBinary;
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora_cache::{CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, NoCacheReason};
@@ -21,6 +21,7 @@ use pingora_cache::{RespCacheable, VarianceBuilder};
 use pingora_core::{Error, ErrorSource, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
+use std::borrow::Cow;
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
@@ -93,7 +94,11 @@ pub fn key(session: &Session, ctx: &RequestCtx) -> Result<CacheKey> {
         .or_else(|| req.uri.host())
         .unwrap_or("");
     let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
-    let host = host.to_ascii_lowercase();
+    let host: Cow<str> = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        host.to_ascii_lowercase().into()
+    } else {
+        host.into()
+    };
     let vary: Vec<Option<Vec<u8>>> = route
         .cache
         .as_ref()
@@ -297,7 +302,12 @@ pub fn stamp(session: &Session, resp: &mut ResponseHeader, ctx: &mut RequestCtx)
         ),
     };
     ctx.cache = Some(outcome);
-    resp.insert_header(CACHE_STATUS, outcome.cache_status())?;
+    match outcome.cache_status() {
+        Cow::Borrowed(fixed) => {
+            resp.insert_header(CACHE_STATUS, HeaderValue::from_static(fixed))?
+        }
+        Cow::Owned(value) => resp.insert_header(CACHE_STATUS, value)?,
+    }
     match outcome {
         // Pingora's hit header (`cache_hit_header`, the upstream unused):
         // `age` is set already, from the same meta.
