@@ -153,7 +153,13 @@ fn authorization_went_upstream_unkeyed(req: &RequestHeader, ctx: &RequestCtx) ->
 /// (`t:`, SPEC §8.1), so two token holders never share an entry.
 fn caller_key(ctx: &RequestCtx) -> Option<String> {
     match (ctx.consumer, &ctx.token) {
-        (Some(c), _) => Some(format!("k:{}", ctx.gateway.keys.consumer_name(c))),
+        (Some(c), _) => {
+            let name = ctx.gateway.keys.consumer_name(c);
+            let mut key = String::with_capacity(2 + name.len());
+            key.push_str("k:");
+            key.push_str(name);
+            Some(key)
+        }
         (None, Some(token)) => Some(format!("t:{:016x}", token.caller)),
         (None, None) => None,
     }
