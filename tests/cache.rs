@@ -696,3 +696,137 @@ fn a_repeated_vary_header_is_keyed_whole() {
         "the answer to en+fr was served for en"
     );
 }
+
+/// A route `r` on `/` with the rules `response_headers` and a secret sent to
+/// its upstream, in front of a backend whose answers carry what a client
+/// must never get: hop-by-hop headers, one its `connection` names, and the
+/// secret echoed back.
+fn header_rules_gateway(body: &'static str) -> (Backend, Gateway) {
+    let backend = Backend::start(move |r| {
+        Answer::json(200, body)
+            .with_header("cache-control", "max-age=60")
+            .with_header("etag", "\"v1\"")
+            .with_header("Connection", "keep-alive, x-hop")
+            .with_header("keep-alive", "timeout=5")
+            .with_header("x-hop", "1")
+            .with_header("proxy-authenticate", "Basic")
+            .with_header(
+                "x-gateway-secret",
+                r.header("x-gateway-secret").unwrap_or("none"),
+            )
+            .with_header("X-Upstream", "a")
+            .with_header("x-internal", "drop me")
+    });
+    let config = format!(
+        "listen:\n  - addr: {{listen}}\nadmin:\n  addr: {{admin}}\nthreads: 2\nshutdown_grace: 1s\n\
+         cache: {{ max_size: 8MiB }}\n\
+         upstreams:\n  u:\n    peers: [\"{}\"]\n    headers: {{ x-gateway-secret: \"s3cret-up\" }}\n\
+         routes:\n  - {{ name: r, path: /, upstream: u, auth: none, cache: {{ ttl: 60s }},\n\
+         \x20     response_headers: {{ set: {{ x-served-by: gw }}, remove: [x-internal] }} }}\n",
+        backend.addr
+    );
+    let gw = Gateway::start(&config);
+    (backend, gw)
+}
+
+/// Header names, but those whose values differ per answer.
+fn stable_names(r: &common::Response) -> Vec<String> {
+    let per_answer = ["age", "cache-status", "date", "x-request-id"];
+    let mut names: Vec<String> = r
+        .headers
+        .keys()
+        .filter(|n| !per_answer.contains(&n.as_str()))
+        .cloned()
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_hit_carries_the_headers_of_the_miss_that_stored_it() {
+    let (backend, gw) = header_rules_gateway("\"0123456789\"");
+    let miss = gw.get("/h", &[]);
+    assert_eq!(status_of(&miss), "portcullis; fwd=miss; stored");
+    let hit = gw.get("/h", &[]);
+    assert_eq!(status_of(&hit), "portcullis; hit");
+    assert_eq!(hits(&backend), 1);
+    for answer in [&miss, &hit] {
+        // (`connection: close` is Pingora's, answering the client's.)
+        assert_eq!(answer.header("connection"), Some("close"), "{answer:?}");
+        for gone in [
+            "x-gateway-secret",
+            "keep-alive",
+            "x-hop",
+            "proxy-authenticate",
+            "x-internal",
+        ] {
+            assert_eq!(answer.header(gone), None, "{gone}: {answer:?}");
+        }
+        assert_eq!(answer.header("x-served-by"), Some("gw"), "{answer:?}");
+        assert_eq!(answer.header("x-upstream"), Some("a"), "{answer:?}");
+        assert_eq!(answer.header("etag"), Some("\"v1\""), "{answer:?}");
+        assert_eq!(answer.header("content-length"), Some("12"), "{answer:?}");
+        assert!(answer.header("x-request-id").is_some(), "{answer:?}");
+        assert!(answer.header("age").is_some(), "{answer:?}");
+    }
+    assert_eq!(stable_names(&hit), stable_names(&miss));
+    assert_ne!(hit.header("x-request-id"), miss.header("x-request-id"));
+    assert_eq!(hit.text(), miss.text());
+
+    // HEAD on the hit: the same headers (its length too), no body.
+    let head = request(gw.addr, "HEAD", "/h", &[], b"");
+    assert_eq!((head.status, status_of(&head)), (200, "portcullis; hit"));
+    assert!(head.body.is_empty(), "{head:?}");
+    assert_eq!(stable_names(&head), stable_names(&hit));
+    assert_eq!(head.header("content-length"), Some("12"));
+
+    // The client's own validator matches the stored one: 304 from the hit.
+    let unchanged = gw.get("/h", &[("if-none-match", "\"v1\"")]);
+    assert_eq!(
+        (unchanged.status, status_of(&unchanged)),
+        (304, "portcullis; hit")
+    );
+    assert!(unchanged.body.is_empty(), "{unchanged:?}");
+    assert_eq!(unchanged.header("etag"), Some("\"v1\""));
+    let changed = gw.get("/h", &[("if-none-match", "\"v0\"")]);
+    assert_eq!((changed.status, changed.text()), (200, hit.text()));
+    assert_eq!(hits(&backend), 1);
+}
+
+#[test]
+fn a_range_request_on_a_hit_gets_its_part() {
+    let (backend, gw) = header_rules_gateway("\"0123456789\"");
+    let whole = gw.get("/r", &[]);
+    assert_eq!(status_of(&whole), "portcullis; fwd=miss; stored");
+    // A stored 200 with its length can be asked for in ranges.
+    assert_eq!(whole.header("accept-ranges"), Some("bytes"), "{whole:?}");
+
+    let part = gw.get("/r", &[("range", "bytes=1-4")]);
+    assert_eq!((part.status, status_of(&part)), (206, "portcullis; hit"));
+    assert_eq!(part.text(), "0123");
+    assert_eq!(part.header("content-range"), Some("bytes 1-4/12"));
+    assert_eq!(part.header("content-length"), Some("4"));
+    assert_eq!(part.header("accept-ranges"), None);
+    assert_eq!(part.header("x-served-by"), Some("gw"));
+
+    let tail = gw.get("/r", &[("range", "bytes=-3")]);
+    assert_eq!((tail.status, tail.text().as_str()), (206, "89\""));
+
+    let beyond = gw.get("/r", &[("range", "bytes=50-60")]);
+    assert_eq!(beyond.status, 416, "{beyond:?}");
+    assert_eq!(beyond.header("content-range"), Some("bytes */12"));
+    assert!(beyond.body.is_empty());
+
+    // An `if-range` that no longer matches: the whole answer.
+    let changed = gw.get("/r", &[("range", "bytes=1-4"), ("if-range", "\"v0\"")]);
+    assert_eq!(
+        (changed.status, changed.text().as_str()),
+        (200, "\"0123456789\"")
+    );
+
+    let plain = gw.get("/r", &[]);
+    assert_eq!((plain.status, status_of(&plain)), (200, "portcullis; hit"));
+    assert_eq!(plain.header("accept-ranges"), Some("bytes"));
+    assert_eq!(plain.text(), "\"0123456789\"");
+    assert_eq!(hits(&backend), 1);
+}

@@ -6,6 +6,7 @@
 
 use http::header::{HeaderName, AGE, CACHE_CONTROL, DATE, EXPIRES, SET_COOKIE, VARY};
 use http::HeaderMap;
+use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
 
 /// A route's `cache:` settings, with defaults applied. Compared on reload: a
@@ -277,7 +278,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// The `cache-status` value (RFC 9211), the gateway's entry being the only one.
-    pub fn cache_status(self) -> String {
+    pub fn cache_status(self) -> Cow<'static, str> {
         match self {
             Outcome::Hit => "portcullis; hit".into(),
             Outcome::Miss { stored: true } => "portcullis; fwd=miss; stored".into(),
@@ -286,7 +287,8 @@ impl Outcome {
             Outcome::Expired { status, stored } => format!(
                 "portcullis; fwd=stale; fwd-status={status}{}",
                 if stored { "; stored" } else { "" }
-            ),
+            )
+            .into(),
             Outcome::Bypass { method: true } => "portcullis; fwd=method".into(),
             Outcome::Bypass { method: false } => "portcullis; fwd=bypass".into(),
         }

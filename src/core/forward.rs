@@ -413,8 +413,28 @@ pub fn rewrite_upstream_response<H: HeaderEdit>(
     switching_protocols: bool,
     route_headers: &HeaderRules,
 ) -> Result<(), H::Error> {
-    // Secrets go in the one pass below with the hop-by-hop headers (config
-    // refuses a hop-by-hop name for a secret, so `connection` is read intact).
+    strip_response(resp, secret_headers, switching_protocols)?;
+    route_headers.apply(resp)
+}
+
+/// The part of [`rewrite_upstream_response`] that depends on the answer
+/// alone, not on the config: its hop-by-hop headers and those its
+/// `connection` names go, and `upgrade` unless it switches protocols. The
+/// response cache stores answers stripped so, and skips it on hits.
+pub fn strip_hop_by_hop_response<H: HeaderEdit>(
+    resp: &mut H,
+    switching_protocols: bool,
+) -> Result<(), H::Error> {
+    strip_response(resp, &[], switching_protocols)
+}
+
+/// Removes the secrets with the hop-by-hop headers, in one pass (config
+/// refuses a hop-by-hop name for a secret, so `connection` is read intact).
+fn strip_response<H: HeaderEdit>(
+    resp: &mut H,
+    secret_headers: &[HeaderName],
+    switching_protocols: bool,
+) -> Result<(), H::Error> {
     for name in &connection_names(resp.headers()) {
         // The body's framing is Pingora's to read and rewrite, whatever the
         // upstream lists: removing it here would leave the answer unframed.
@@ -432,6 +452,18 @@ pub fn rewrite_upstream_response<H: HeaderEdit>(
         // client cannot take through the gateway.
         remove_all(resp, &[secret_headers, &HOP_BY_HOP, &[header::UPGRADE]]);
     }
+    Ok(())
+}
+
+/// [`rewrite_upstream_response`] for an answer whose hop-by-hop headers were
+/// stripped when it was stored ([`strip_hop_by_hop_response`]): the config's
+/// part only, as the secrets and the route's rules may have changed since.
+pub fn rewrite_stored_response<H: HeaderEdit>(
+    resp: &mut H,
+    secret_headers: &[HeaderName],
+    route_headers: &HeaderRules,
+) -> Result<(), H::Error> {
+    remove_all(resp, &[secret_headers]);
     route_headers.apply(resp)
 }
 
@@ -750,6 +782,39 @@ mod tests {
         rewrite_upstream_response(&mut switching, &[], true, &HeaderRules::default())
             .expect("valid");
         assert_eq!(value(&switching, "connection"), Some("upgrade"));
+    }
+
+    #[test]
+    fn a_stored_answer_stripped_once_is_rewritten_as_the_upstream_one() {
+        let secret = HeaderName::from_static("x-gateway-secret");
+        let rules = HeaderRules {
+            set: vec![(
+                HeaderName::from_static("x-served-by"),
+                HeaderValue::from_static("gw"),
+            )],
+            remove: vec![HeaderName::from_static("x-server")],
+        };
+        let upstream = head(&[
+            ("x-gateway-secret", "s3cret"),
+            ("connection", "keep-alive, x-hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-hop", "1"),
+            ("upgrade", "h2c"),
+            ("x-server", "a"),
+            ("etag", "\"v1\""),
+            ("content-length", "5"),
+        ]);
+        let mut direct = upstream.clone();
+        rewrite_upstream_response(&mut direct, std::slice::from_ref(&secret), false, &rules)
+            .expect("valid");
+        let mut stored = upstream;
+        strip_hop_by_hop_response(&mut stored, false).expect("valid");
+        // What is stored keeps what the config decides (and the validators).
+        for kept in ["x-gateway-secret", "x-server", "etag", "content-length"] {
+            assert!(stored.contains_key(kept), "{kept}");
+        }
+        rewrite_stored_response(&mut stored, std::slice::from_ref(&secret), &rules).expect("valid");
+        assert_eq!(stored, direct);
     }
 
     #[test]

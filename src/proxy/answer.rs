@@ -3,7 +3,9 @@
 //! Pingora error the phase returns.
 
 use super::ctx::RequestCtx;
-use crate::core::forward::{rewrite_upstream_response, stamp_answer, HeaderRules};
+use crate::core::forward::{
+    rewrite_stored_response, rewrite_upstream_response, stamp_answer, HeaderRules,
+};
 use crate::core::reply::{Refusal, Reply};
 use bytes::Bytes;
 use http::header::CONTENT_LENGTH;
@@ -90,13 +92,19 @@ async fn write(
 
 /// An upstream's answer as the client gets it (SPEC §4): no secret or
 /// hop-by-hop header, the route's `response_headers`, the request id and
-/// rate-limit headers.
+/// rate-limit headers. A stored entry's header lost its hop-by-hop headers
+/// when stored: only the config's part is done again.
 pub fn rewrite_upstream_answer(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
     let rules = ctx
         .route()
         .map_or(HeaderRules::NONE, |r| &r.response_headers);
-    let switching = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
-    rewrite_upstream_response(resp, &ctx.gateway.secret_headers, switching, rules)?;
+    let secrets = &ctx.gateway.secret_headers;
+    if super::cache::serves_stored_header(ctx) {
+        rewrite_stored_response(resp, secrets, rules)?;
+    } else {
+        let switching = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
+        rewrite_upstream_response(resp, secrets, switching, rules)?;
+    }
     stamp_answer(resp, &ctx.request_id, ctx.rate)
 }
 

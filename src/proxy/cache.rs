@@ -10,9 +10,10 @@
 use super::cache_store::CacheStore;
 use super::ctx::RequestCtx;
 use crate::core::cache::{self as policy, KeyParts, Outcome};
+use crate::core::forward::strip_hop_by_hop_response;
 use crate::tables::cache::CacheLimits;
-use http::header::{AGE, AUTHORIZATION, HOST, VARY};
-use http::{HeaderName, Method};
+use http::header::{ACCEPT_RANGES, AGE, AUTHORIZATION, CONTENT_LENGTH, HOST, VARY};
+use http::{HeaderName, HeaderValue, Method};
 use pingora_cache::key::HashBinary;
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora_cache::{CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, NoCacheReason};
@@ -20,6 +21,7 @@ use pingora_cache::{RespCacheable, VarianceBuilder};
 use pingora_core::{Error, ErrorSource, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
+use std::borrow::Cow;
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
@@ -92,7 +94,11 @@ pub fn key(session: &Session, ctx: &RequestCtx) -> Result<CacheKey> {
         .or_else(|| req.uri.host())
         .unwrap_or("");
     let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
-    let host = host.to_ascii_lowercase();
+    let host: Cow<str> = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        host.to_ascii_lowercase().into()
+    } else {
+        host.into()
+    };
     let vary: Vec<Option<Vec<u8>>> = route
         .cache
         .as_ref()
@@ -147,7 +153,13 @@ fn authorization_went_upstream_unkeyed(req: &RequestHeader, ctx: &RequestCtx) ->
 /// (`t:`, SPEC §8.1), so two token holders never share an entry.
 fn caller_key(ctx: &RequestCtx) -> Option<String> {
     match (ctx.consumer, &ctx.token) {
-        (Some(c), _) => Some(format!("k:{}", ctx.gateway.keys.consumer_name(c))),
+        (Some(c), _) => {
+            let name = ctx.gateway.keys.consumer_name(c);
+            let mut key = String::with_capacity(2 + name.len());
+            key.push_str("k:");
+            key.push_str(name);
+            Some(key)
+        }
         (None, Some(token)) => Some(format!("t:{:016x}", token.caller)),
         (None, None) => None,
     }
@@ -169,6 +181,9 @@ pub fn cacheable(session: &Session, resp: &ResponseHeader, ctx: &mut RequestCtx)
     let now = SystemTime::now();
     match policy::storable(resp.status.as_u16(), &resp.headers, &cache.policy, now) {
         Ok(f) => {
+            let Some(header) = stored_header(resp) else {
+                return RespCacheable::Uncacheable(NoCacheReason::InternalError);
+            };
             // Zero freshness: stored, but revalidated before its next use.
             let fresh_until = if f.fresh_for.is_zero() {
                 now - Duration::from_secs(1)
@@ -181,11 +196,54 @@ pub fn cacheable(session: &Session, resp: &ResponseHeader, ctx: &mut RequestCtx)
                 now.checked_sub(f.age).unwrap_or(now),
                 secs(f.stale_while_revalidate),
                 secs(f.stale_if_error),
-                resp.clone(),
+                header,
             ))
         }
         Err(_) => RespCacheable::Uncacheable(NoCacheReason::OriginNotCache),
     }
+}
+
+/// The header an entry keeps, done once when it is stored rather than on
+/// each hit: without what never reaches a client whatever the config (the
+/// hop-by-hop headers: hits skip that strip, see [`stamp`]), and with
+/// `accept-ranges: bytes` when the answer can be served in ranges (a 200
+/// with its length), as Pingora's range filter marks such a hit (which then
+/// finds it there, vendor patch 0008). Validators and the config's part (secrets, the route's
+/// rules) are left for each answer. This is also the header of the miss
+/// that stores it, which Pingora serves from the entry being written.
+///
+/// Built afresh with room for the headers each answer adds (`age`,
+/// `cache-status`, `x-request-id`, `date`, the rate-limit ones): a hit's
+/// copy then takes them without growing and rehashing its maps.
+fn stored_header(resp: &ResponseHeader) -> Option<ResponseHeader> {
+    const ADDED_PER_ANSWER: usize = 8;
+    let room = Some(resp.headers.len() + ADDED_PER_ANSWER);
+    let mut header = if resp.has_case() {
+        let mut header = ResponseHeader::build(resp.status, room).ok()?;
+        for (name, value) in resp.case_header_iter() {
+            header.append_header(name.clone(), value.clone()).ok()?;
+        }
+        header
+    } else {
+        let mut header = ResponseHeader::build_no_case(resp.status, room).ok()?;
+        for (name, value) in &resp.headers {
+            header.append_header(name.clone(), value.clone()).ok()?;
+        }
+        header
+    };
+    header.set_version(resp.version);
+    header.set_reason_phrase(resp.get_reason_phrase()).ok()?;
+    strip_hop_by_hop_response(&mut header, false).ok()?;
+    let ranges = header.status == http::StatusCode::OK
+        && header
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.parse::<u64>().is_ok());
+    if ranges {
+        header.insert_header(ACCEPT_RANGES, "bytes").ok()?;
+    }
+    Some(header)
 }
 
 /// `cache_vary_filter`: the upstream's `Vary` headers pick among variants.
@@ -250,19 +308,34 @@ pub fn stamp(session: &Session, resp: &mut ResponseHeader, ctx: &mut RequestCtx)
         ),
     };
     ctx.cache = Some(outcome);
-    resp.insert_header(CACHE_STATUS, outcome.cache_status())?;
-    let served_from_store = matches!(
-        outcome,
-        Outcome::Hit | Outcome::Stale | Outcome::Expired { status: 304, .. }
-    );
-    if served_from_store {
-        if let Some(meta) = session.cache.maybe_cache_meta() {
-            resp.insert_header(AGE, meta.age().as_secs())?;
+    match outcome.cache_status() {
+        Cow::Borrowed(fixed) => {
+            resp.insert_header(CACHE_STATUS, HeaderValue::from_static(fixed))?
         }
-    } else if !resp.headers.contains_key(AGE) {
-        resp.insert_header(AGE, 0)?;
+        Cow::Owned(value) => resp.insert_header(CACHE_STATUS, value)?,
+    }
+    match outcome {
+        // Pingora's hit header (`cache_hit_header`, the upstream unused):
+        // `age` is set already, from the same meta.
+        Outcome::Hit | Outcome::Stale => {}
+        // Revalidated: the header is the entry's merged with the 304's.
+        Outcome::Expired { status: 304, .. } => {
+            if let Some(meta) = session.cache.maybe_cache_meta() {
+                resp.insert_header(AGE, meta.age().as_secs())?;
+            }
+        }
+        _ if !resp.headers.contains_key(AGE) => resp.insert_header(AGE, 0)?,
+        _ => {}
     }
     Ok(())
+}
+
+/// Whether the answer going out is a stored entry's header as Pingora's hit
+/// path copies it (a hit, or stale), whose hop-by-hop headers went when it
+/// was stored ([`stored_header`]), so the rewrite for the client skips them.
+/// Known once [`stamp`] has run.
+pub fn serves_stored_header(ctx: &RequestCtx) -> bool {
+    matches!(ctx.cache, Some(Outcome::Hit | Outcome::Stale))
 }
 
 /// `logging`: the route's lookup counter.

@@ -18,7 +18,7 @@ use http::{Method, StatusCode};
 use pingora_cache::key::CacheHashKey;
 use pingora_cache::lock::LockWaitOutcome;
 use pingora_cache::max_file_size::ERR_RESPONSE_TOO_LARGE;
-use pingora_cache::{ForcedFreshness, HitHandler, HitStatus, RespCacheable::*};
+use pingora_cache::{CacheMeta, ForcedFreshness, HitHandler, HitStatus, RespCacheable::*};
 use pingora_core::protocols::http::conditional_filter::to_304;
 use pingora_core::protocols::http::v1::common::header_value_content_length;
 use pingora_core::ErrorType;
@@ -84,6 +84,8 @@ where
 
         // cache lookup logic
         let mut cache_lock_retries = 0;
+        // A fresh hit's header, moved out of its meta (see `take_hit_header`)
+        let mut fresh_header = None;
         loop {
             match session.cache.cache_lookup().await {
                 Ok(res) => {
@@ -162,6 +164,12 @@ where
                         };
 
                         hit_status_opt = Some(hit_status);
+
+                        // A fresh hit is served straight from this header: move it rather than
+                        // copy it in `proxy_cache_hit`.
+                        if hit_status.is_fresh() {
+                            fresh_header = Some(take_hit_header(&mut meta));
+                        }
 
                         // init cache for hit / stale
                         session.cache.cache_found(meta, handler, hit_status);
@@ -262,7 +270,9 @@ where
                         }
                     }
 
-                    let (reuse, err) = self.proxy_cache_hit(session, ctx).await;
+                    let (reuse, err) = self
+                        .proxy_cache_hit(session, ctx, fresh_header.take())
+                        .await;
                     if let Some(e) = err.as_ref() {
                         error!(
                             "Fail to serve cache: {e}, {}",
@@ -289,10 +299,13 @@ where
     }
 
     // return bool: server_session can be reused, and error if any
+    /// `header`: the hit's header when it was taken out of the meta already
+    /// (`take_hit_header`), or `None` to copy it from the meta.
     pub(crate) async fn proxy_cache_hit(
         &self,
         session: &mut Session,
         ctx: &mut SV::CTX,
+        header: Option<Box<ResponseHeader>>,
     ) -> (bool, Option<Box<Error>>)
     where
         SV: ProxyHttp + Send + Sync,
@@ -301,7 +314,10 @@ where
         use range_filter::*;
 
         let seekable = session.cache.hit_handler().can_seek();
-        let mut header = cache_hit_header(&session.cache);
+        let mut header = match header {
+            Some(header) => to_hit_header(header, &session.cache),
+            None => cache_hit_header(&session.cache),
+        };
 
         let req = session.req_header();
 
@@ -944,7 +960,7 @@ where
             .cache
             .release_write_lock(NoCacheReason::UpstreamError);
 
-        Some(self.proxy_cache_hit(session, ctx).await)
+        Some(self.proxy_cache_hit(session, ctx, None).await)
     }
 
     // helper function to check when to continue to retry lock (true) or give up (false)
@@ -1028,8 +1044,24 @@ where
     }
 }
 
+/// Moves the response header out of a fresh hit's meta, which keeps only its status: the
+/// hit is served from this header with no copy of it. Nothing after the hit filters reads the
+/// meta's fields on this path (only its times, for `Age`).
+fn take_hit_header(meta: &mut CacheMeta) -> Box<ResponseHeader> {
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = meta.response_header().status;
+    Box::new(std::mem::replace(
+        meta.response_header_mut(),
+        ResponseHeader::from(parts),
+    ))
+}
+
 fn cache_hit_header(cache: &HttpCache) -> Box<ResponseHeader> {
-    let mut header = Box::new(cache.cache_meta().response_header_copy());
+    to_hit_header(Box::new(cache.cache_meta().response_header_copy()), cache)
+}
+
+/// The meta's response header as a hit serves it.
+fn to_hit_header(mut header: Box<ResponseHeader>, cache: &HttpCache) -> Box<ResponseHeader> {
     // convert cache response
 
     // these status codes / method cannot have body, so no need to add chunked encoding
@@ -1457,6 +1489,17 @@ pub mod range_filter {
             return RangeType::None;
         }
 
+        // Most requests carry no Range: all they may need is Accept-Ranges, and
+        // nothing at all when the stored header carries it already.
+        if !req.headers.contains_key(RANGE)
+            && resp
+                .headers
+                .get(ACCEPT_RANGES)
+                .is_some_and(|v| v.as_bytes() == b"bytes")
+        {
+            return RangeType::None;
+        }
+
         // Content-Length is not required by RFC but it is what nginx does and easier to implement
         // with this header present.
         let Some(content_length_bytes) = resp.headers.get(CONTENT_LENGTH) else {
@@ -1576,6 +1619,27 @@ pub mod range_filter {
         }
 
         range_type
+    }
+
+    #[test]
+    fn test_range_filter_no_range_keeps_accept_ranges() {
+        let req = RequestHeader::build(http::Method::GET, b"/", Some(1)).unwrap();
+        let mut resp = ResponseHeader::build(200, Some(2)).unwrap();
+        resp.append_header("Content-Length", "10").unwrap();
+        resp.append_header("Accept-Ranges", "bytes").unwrap();
+        assert_eq!(RangeType::None, range_header_filter(&req, &mut resp, None));
+        assert_eq!(resp.headers.get_all("accept-ranges").iter().count(), 1);
+        assert_eq!(resp.headers.get("accept-ranges").unwrap(), "bytes");
+
+        // A Range is still honored when the header is there.
+        let mut req = RequestHeader::build(http::Method::GET, b"/", Some(1)).unwrap();
+        req.append_header("Range", "bytes=0-1").unwrap();
+        assert_eq!(
+            RangeType::new_single(0, 2),
+            range_header_filter(&req, &mut resp, None)
+        );
+        assert_eq!(resp.status.as_u16(), 206);
+        assert!(resp.headers.get("accept-ranges").is_none());
     }
 
     #[test]
