@@ -374,7 +374,7 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 #[test]
-fn memory_stays_under_max_size_while_ten_times_that_passes() {
+fn memory_stays_under_max_size_while_twenty_times_that_passes() {
     const MAX: u64 = 4 << 20;
     let body = "x".repeat(100 * 1024 - 2);
     let big = "y".repeat(300 * 1024);
@@ -399,8 +399,8 @@ fn memory_stays_under_max_size_while_ten_times_that_passes() {
         assert_eq!(gw.get(&format!("/warm/{i}"), &[]).status, 200);
     }
     let before = rss_kib(pid);
-    // 10x max_size of distinct answers, each twice to make them worth keeping.
-    for i in 0..400 {
+    // 20x max_size of distinct answers, each twice to make them worth keeping.
+    for i in 0..800 {
         let path = format!("/o/{i}");
         assert_eq!(gw.get(&path, &[]).status, 200);
         gw.get(&path, &[]);
@@ -410,12 +410,13 @@ fn memory_stays_under_max_size_while_ten_times_that_passes() {
     assert!(size <= MAX, "cache_size_bytes {size} > max_size {MAX}");
     assert!(gw.metric("portcullis_cache_evictions_total") > 0.0);
     let grown = after.saturating_sub(before) * 1024;
-    // Unbounded, the 40 MiB would stay (10x max_size); bounded, what grows is
+    // Unbounded, the 80 MiB would stay (20x max_size); bounded, what grows is
     // the allocator's per-thread slack and the fills' copies in flight:
-    // measured 2x to 3.1x max_size with two worker threads, so 4x is the line.
+    // measured 2x to 3.1x max_size with two worker threads on a quiet machine
+    // and 4.4x once on a loaded one, so 6x is the line, far below unbounded.
     assert!(
-        grown < 4 * MAX,
-        "RSS grew {grown} bytes while 40 MiB passed (max_size {MAX})"
+        grown < 6 * MAX,
+        "RSS grew {grown} bytes while 80 MiB passed (max_size {MAX})"
     );
 }
 
