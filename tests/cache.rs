@@ -431,6 +431,45 @@ fn purge(gw: &Gateway, body: &str) -> common::Response {
 }
 
 #[test]
+fn an_answer_fetched_across_a_purge_is_not_stored() {
+    let served = Arc::new(AtomicUsize::new(0));
+    let counter = served.clone();
+    let backend = Backend::start(move |_| {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        let answer = Answer::json(200, &n.to_string()).with_header("cache-control", "max-age=60");
+        // The first answer is slow: the purge below lands while it is fetched.
+        if n == 1 {
+            answer.after(Duration::from_millis(1200))
+        } else {
+            answer
+        }
+    });
+    let gw = Gateway::start(&one_route(backend.addr, "{ ttl: 60s }", ""));
+    let first = std::thread::scope(|s| {
+        let first = s.spawn(|| gw.get("/p/1", &[("x-api-key", KEY)]));
+        // Purge once the request has reached the backend.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while hits(&backend) == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(purge(&gw, r#"{"route": "r"}"#).status, 200);
+        first.join().expect("the first request")
+    });
+    assert_eq!((first.status, first.body.as_slice()), (200, &b"1"[..]));
+    // Fetched before the purge, so not kept: the next request goes upstream.
+    let next = gw.get("/p/1", &[("x-api-key", KEY)]);
+    assert_eq!(
+        (next.body.as_slice(), status_of(&next)),
+        (&b"2"[..], "portcullis; fwd=miss; stored")
+    );
+    let again = gw.get("/p/1", &[("x-api-key", KEY)]);
+    assert_eq!(
+        (again.body.as_slice(), status_of(&again)),
+        (&b"2"[..], "portcullis; hit")
+    );
+}
+
+#[test]
 fn purge_by_route_and_by_path_counts_each_consumers_entry() {
     let backend =
         Backend::start(|_| Answer::json(200, "1").with_header("cache-control", "max-age=60"));

@@ -76,6 +76,7 @@ pub fn enable(session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
         .enable(store, None, None, Some(cache_lock()), Some(overrides));
     session.cache.set_max_file_size_bytes(store.max_object());
     ctx.cache = Some(Outcome::Miss { stored: false });
+    ctx.cache_purges = store.purges();
     Ok(())
 }
 
@@ -173,6 +174,11 @@ pub fn cacheable(session: &Session, resp: &ResponseHeader, ctx: &mut RequestCtx)
     let Some(cache) = ctx.route().and_then(|r| r.cache.as_ref()) else {
         return RespCacheable::Uncacheable(NoCacheReason::NeverEnabled);
     };
+    // A purge while this answer was fetched: it may be what the purge was
+    // for. (One that comes after this check finds the fill and cancels it.)
+    if store().is_none_or(|store| store.purges() != ctx.cache_purges) {
+        return RespCacheable::Uncacheable(NoCacheReason::Custom("purged while fetched"));
+    }
     if authorization_went_upstream_unkeyed(session.req_header(), ctx)
         && !policy::authorized_answer_may_be_stored(&resp.headers)
     {

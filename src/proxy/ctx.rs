@@ -141,6 +141,9 @@ pub struct RequestCtx {
     pub cache: Option<crate::core::cache::Outcome>,
     /// The entry found had expired (revalidated, replaced, or served stale).
     pub cache_expired: bool,
+    /// The store's purge count when this request enabled the cache: an answer
+    /// fetched across a purge is not stored (`proxy::cache::cacheable`).
+    pub cache_purges: u64,
 }
 
 impl RequestCtx {
@@ -170,6 +173,7 @@ impl RequestCtx {
             in_flight: None,
             cache: None,
             cache_expired: false,
+            cache_purges: 0,
         }
     }
 

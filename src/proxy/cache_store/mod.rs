@@ -115,6 +115,8 @@ struct Progress {
 /// An answer being stored, readable while it arrives.
 struct Fill {
     id: u64,
+    route: Box<str>,
+    path: Box<str>,
     head: Head,
     chunks: Arc<RwLock<Vec<Bytes>>>,
     progress: Arc<watch::Sender<Progress>>,
@@ -129,6 +131,9 @@ pub struct CacheStore {
     filling: AtomicUsize,
     index: Mutex<Index>,
     next_write: AtomicU64,
+    /// Purges so far: a request notes it when it starts, and its answer is not
+    /// stored if a purge came in between (`proxy::cache::cacheable`).
+    purges: AtomicU64,
     /// Bytes per unit of TinyUFO weight (a `u16`): an entry of `max_object`
     /// bytes must weigh at most `u16::MAX`.
     unit: usize,
@@ -153,6 +158,7 @@ impl CacheStore {
             filling: AtomicUsize::new(0),
             index: Mutex::new(HashMap::new()),
             next_write: AtomicU64::new(0),
+            purges: AtomicU64::new(0),
             unit,
             max_size,
             max_object,
@@ -233,9 +239,18 @@ impl CacheStore {
         bytes
     }
 
+    /// Purges so far (see the field).
+    pub fn purges(&self) -> u64 {
+        self.purges.load(Ordering::Acquire)
+    }
+
     /// Drops a route's entries, or only those of one path (every query string,
-    /// consumer and variant of it). Returns how many were dropped.
+    /// consumer and variant of it). Returns how many were dropped. Answers
+    /// being fetched or stored for them are not stored afterwards: they were
+    /// asked for before the purge.
     pub fn purge(&self, route: &str, path: Option<&str>) -> usize {
+        self.purges.fetch_add(1, Ordering::AcqRel);
+        self.cancel_fills(route, path);
         let slots: Vec<Slot> = {
             let index = self.index_lock();
             index.get(route).map_or_else(Vec::new, |slots| {
@@ -249,6 +264,25 @@ impl CacheStore {
         let purged = slots.into_iter().filter(|s| self.remove(*s)).count();
         self.set_size_metric();
         purged
+    }
+
+    /// Forgets the fills of what is purged: their writers then store nothing
+    /// (`FillWriter::finish` finds no fill), and later lookups do not find
+    /// them. Readers already streaming one keep reading it.
+    fn cancel_fills(&self, route: &str, path: Option<&str>) {
+        if self.filling.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let mut cancelled = 0;
+        self.fills_mut().retain(|_, list| {
+            list.retain(|fill| {
+                let purged = &*fill.route == route && path.is_none_or(|p| &*fill.path == p);
+                cancelled += usize::from(purged);
+                !purged
+            });
+            !list.is_empty()
+        });
+        self.filling.fetch_sub(cancelled, Ordering::Relaxed);
     }
 
     fn fills(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Slot, Vec<Fill>>> {
@@ -353,6 +387,8 @@ impl Storage for CacheStore {
         });
         let fill = Fill {
             id,
+            route: route.into(),
+            path: path.into(),
             head: Head::of(meta),
             chunks: Arc::new(RwLock::new(Vec::new())),
             progress: Arc::new(progress),
@@ -370,8 +406,9 @@ impl Storage for CacheStore {
             written: 0,
             finished: false,
         };
-        self.fills_mut().entry(slot).or_default().push(fill);
+        // Counted first, so that a purge never skips the map while it holds it.
         self.filling.fetch_add(1, Ordering::Relaxed);
+        self.fills_mut().entry(slot).or_default().push(fill);
         Ok(Box::new(handler))
     }
 
@@ -568,6 +605,40 @@ mod tests {
         assert_eq!(store.purge("products", None), 2);
         assert_eq!(store.purge("products", None), 0);
         assert!(read(store, &key("users", "/p/1", None)).await.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_purge_cancels_the_fills_it_covers() {
+        let store = leak(CacheStore::new(1 << 20, 64 << 10));
+        let span = Span::inactive().handle();
+        let (purged, other) = (key("r", "/p/1", None), key("r", "/p/2", None));
+        let before = store.purges();
+        let mut cancelled = store
+            .get_miss_handler(&purged, &meta(), &span)
+            .await
+            .unwrap();
+        let mut kept = store
+            .get_miss_handler(&other, &meta(), &span)
+            .await
+            .unwrap();
+        cancelled
+            .write_body(Bytes::from_static(b"old"), false)
+            .await
+            .unwrap();
+        assert_eq!(store.purge("r", Some("/p/1")), 0);
+        assert_eq!(store.purges(), before + 1);
+        // Not found by later lookups, and not stored when it ends.
+        assert!(store.lookup(&purged, &span).await.unwrap().is_none());
+        cancelled.write_body(Bytes::new(), true).await.unwrap();
+        cancelled.finish().await.unwrap();
+        assert_eq!(read(store, &purged).await, None);
+        // Another path's fill goes on.
+        kept.write_body(Bytes::from_static(b"new"), true)
+            .await
+            .unwrap();
+        kept.finish().await.unwrap();
+        assert_eq!(read(store, &other).await.as_deref(), Some(&b"new"[..]));
+        assert_eq!(store.filling.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test]
