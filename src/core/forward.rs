@@ -937,8 +937,8 @@ mod tests {
 
     #[test]
     fn removal_finds_every_present_name_among_many() {
-        // More names than one pass's mask holds, present ones on both sides
-        // of the 64th, one of them with two values.
+        // Many names (past 64, as a bit mask would hold), present ones spread
+        // among them, one of them with two values: each one found and removed.
         let names: Vec<HeaderName> = (0..70)
             .map(|i| HeaderName::from_bytes(format!("x-secret-{i}").as_bytes()).expect("name"))
             .collect();

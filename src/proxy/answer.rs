@@ -99,7 +99,8 @@ pub fn rewrite_upstream_answer(resp: &mut ResponseHeader, ctx: &RequestCtx) -> R
         .route()
         .map_or(HeaderRules::NONE, |r| &r.response_headers);
     let secrets = &ctx.gateway.secret_headers;
-    if super::cache::serves_stored_header(ctx) {
+    // An interim (1xx) head during a stale revalidation is the upstream's own.
+    if super::cache::serves_stored_header(ctx) && !resp.status.is_informational() {
         rewrite_stored_response(resp, secrets, rules)?;
     } else {
         let switching = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;

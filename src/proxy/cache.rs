@@ -175,7 +175,8 @@ pub fn cacheable(session: &Session, resp: &ResponseHeader, ctx: &mut RequestCtx)
         return RespCacheable::Uncacheable(NoCacheReason::NeverEnabled);
     };
     // A purge while this answer was fetched: it may be what the purge was
-    // for. (One that comes after this check finds the fill and cancels it.)
+    // for. (One that comes after this check finds the fill and cancels it, or
+    // is caught by `stamp` if it comes before the fill is made.)
     if store().is_none_or(|store| store.purges() != ctx.cache_purges) {
         return RespCacheable::Uncacheable(NoCacheReason::Custom("purged while fetched"));
     }
@@ -313,6 +314,7 @@ pub fn stamp(session: &Session, resp: &mut ResponseHeader, ctx: &mut RequestCtx)
             resp.status.as_u16(),
         ),
     };
+    let outcome = unstored_if_purged(session, ctx, outcome);
     ctx.cache = Some(outcome);
     match outcome.cache_status() {
         Cow::Borrowed(fixed) => {
@@ -340,6 +342,32 @@ pub fn stamp(session: &Session, resp: &mut ResponseHeader, ctx: &mut RequestCtx)
 /// path copies it (a hit, or stale), whose hop-by-hop headers went when it
 /// was stored ([`stored_header`]), so the rewrite for the client skips them.
 /// Known once [`stamp`] has run.
+/// The second half of `cacheable`'s purge check, now that Pingora has made
+/// this answer's fill: a purge that came between the check and the fill found
+/// nothing to cancel, so the fill is cancelled here.
+fn unstored_if_purged(session: &Session, ctx: &RequestCtx, outcome: Outcome) -> Outcome {
+    // (A 304 refreshes an entry in place: no fill.)
+    let stored = match outcome {
+        Outcome::Miss { stored } => stored,
+        Outcome::Expired { stored, status } => stored && status != 304,
+        _ => false,
+    };
+    let (Some(store), Some(key)) = (store(), session.cache.maybe_cache_key()) else {
+        return outcome;
+    };
+    if !stored || store.purges() == ctx.cache_purges {
+        return outcome;
+    }
+    store.cancel_fills_of(key);
+    match outcome {
+        Outcome::Expired { status, .. } => Outcome::Expired {
+            status,
+            stored: false,
+        },
+        _ => Outcome::Miss { stored: false },
+    }
+}
+
 pub fn serves_stored_header(ctx: &RequestCtx) -> bool {
     matches!(ctx.cache, Some(Outcome::Hit | Outcome::Stale))
 }

@@ -167,7 +167,6 @@ impl HandleMiss for FillWriter {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let fill = self.store.end_fill(self.slot, self.id);
         let body = match chunks.len() {
             0 => Bytes::new(),
             1 => chunks[0].clone(),
@@ -180,8 +179,11 @@ impl HandleMiss for FillWriter {
             }
         };
         self.progress.send_modify(|p| p.done = true);
-        let Some(fill) = fill else {
-            // Only this writer ends its fill; defensive, should it be gone.
+        // One lock across ending the fill and storing it, as a purge holds it
+        // across cancelling fills and dropping entries (`CacheStore::purge`).
+        let mut fills = self.store.fills_mut();
+        let Some(fill) = self.store.take_fill(&mut fills, self.slot, self.id) else {
+            // Cancelled by a purge (or, defensively, already gone).
             return Ok(MissFinishType::Created(0));
         };
         let bytes = body.len() + fill.head.bytes() + self.path.len() + ENTRY_OVERHEAD;
@@ -193,7 +195,9 @@ impl HandleMiss for FillWriter {
             body,
             bytes,
         };
-        Ok(MissFinishType::Created(self.store.admit(stored)))
+        let admitted = self.store.admit(stored);
+        drop(fills);
+        Ok(MissFinishType::Created(admitted))
     }
 
     fn streaming_write_tag(&self) -> Option<&[u8]> {

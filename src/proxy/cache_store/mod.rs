@@ -115,6 +115,7 @@ struct Progress {
 /// An answer being stored, readable while it arrives.
 struct Fill {
     id: u64,
+    slot: Slot,
     route: Box<str>,
     path: Box<str>,
     head: Head,
@@ -250,7 +251,13 @@ impl CacheStore {
     /// asked for before the purge.
     pub fn purge(&self, route: &str, path: Option<&str>) -> usize {
         self.purges.fetch_add(1, Ordering::AcqRel);
-        self.cancel_fills(route, path);
+        // Held until the entries are gone: a fill ends and is stored under
+        // this lock too (`FillWriter::finish`), so the purge sees each answer
+        // as a fill or as an entry, never as neither.
+        let mut fills = self.fills_mut();
+        self.cancel_fills(&mut fills, |fill| {
+            &*fill.route == route && path.is_none_or(|p| &*fill.path == p)
+        });
         let slots: Vec<Slot> = {
             let index = self.index_lock();
             index.get(route).map_or_else(Vec::new, |slots| {
@@ -262,23 +269,28 @@ impl CacheStore {
             })
         };
         let purged = slots.into_iter().filter(|s| self.remove(*s)).count();
+        drop(fills);
         self.set_size_metric();
         purged
     }
 
-    /// Forgets the fills of what is purged: their writers then store nothing
+    /// Cancels the fills of one key: for an answer whose fill was made after
+    /// a purge it was fetched across (`proxy::cache::stamp`).
+    pub fn cancel_fills_of(&self, key: &CacheKey) {
+        let slot = slot_of(key);
+        self.cancel_fills(&mut self.fills_mut(), |fill| fill.slot == slot);
+    }
+
+    /// Forgets the fills `purged` picks: their writers then store nothing
     /// (`FillWriter::finish` finds no fill), and later lookups do not find
     /// them. Readers already streaming one keep reading it.
-    fn cancel_fills(&self, route: &str, path: Option<&str>) {
-        if self.filling.load(Ordering::Relaxed) == 0 {
-            return;
-        }
+    fn cancel_fills(&self, fills: &mut HashMap<Slot, Vec<Fill>>, purged: impl Fn(&Fill) -> bool) {
         let mut cancelled = 0;
-        self.fills_mut().retain(|_, list| {
+        fills.retain(|_, list| {
             list.retain(|fill| {
-                let purged = &*fill.route == route && path.is_none_or(|p| &*fill.path == p);
-                cancelled += usize::from(purged);
-                !purged
+                let gone = purged(fill);
+                cancelled += usize::from(gone);
+                !gone
             });
             !list.is_empty()
         });
@@ -294,7 +306,10 @@ impl CacheStore {
     }
 
     fn end_fill(&self, slot: Slot, id: u64) -> Option<Fill> {
-        let mut fills = self.fills_mut();
+        self.take_fill(&mut self.fills_mut(), slot, id)
+    }
+
+    fn take_fill(&self, fills: &mut HashMap<Slot, Vec<Fill>>, slot: Slot, id: u64) -> Option<Fill> {
         let list = fills.get_mut(&slot)?;
         let at = list.iter().position(|f| f.id == id)?;
         let fill = list.swap_remove(at);
@@ -385,15 +400,16 @@ impl Storage for CacheStore {
             chunks: 0,
             done: false,
         });
+        let slot = slot_of(key);
         let fill = Fill {
             id,
+            slot,
             route: route.into(),
             path: path.into(),
             head: Head::of(meta),
             chunks: Arc::new(RwLock::new(Vec::new())),
             progress: Arc::new(progress),
         };
-        let slot = slot_of(key);
         let handler = FillWriter {
             store: self,
             slot,
