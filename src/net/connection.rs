@@ -187,8 +187,19 @@ impl ClientConnections {
         read: BytesMut,
         shutdown: &'a ShutdownWatch,
     ) -> Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'a>> {
-        let keepalive = !*shutdown.borrow();
-        let session = http1_session(stream, settings, limits, keepalive, read);
+        let mut session = ServerSession::new_http1(stream);
+        if let Some(settings) = settings {
+            settings.apply_to_session(&mut session);
+        }
+        // Idle time between requests is ours to enforce (`read_head`); this
+        // only tells Pingora the connection may be kept alive.
+        let keepalive = (!*shutdown.borrow()).then(|| limits.idle_timeout.as_secs().max(1));
+        session.set_keepalive(keepalive);
+        // Each read of the request body; Pingora's own is 60 s.
+        session.set_read_timeout(Some(limits.body_read_timeout));
+        if let ServerSession::H1(h1) = &mut session {
+            h1.set_pipelined_prefix(read);
+        }
         self.proxy.process_new_http(session, shutdown)
     }
 
@@ -248,29 +259,6 @@ impl ClientConnections {
         .render(self.log_format);
         access_log::write(line);
     }
-}
-
-/// Pingora's session for one HTTP/1 request whose head is already read.
-fn http1_session(
-    stream: Stream,
-    settings: Option<HttpPersistentSettings>,
-    limits: &ClientLimits,
-    keepalive: bool,
-    read: BytesMut,
-) -> ServerSession {
-    let mut session = ServerSession::new_http1(stream);
-    if let Some(settings) = settings {
-        settings.apply_to_session(&mut session);
-    }
-    // Idle time between requests is ours to enforce (`read_head`); this
-    // only tells Pingora the connection may be kept alive.
-    session.set_keepalive(keepalive.then(|| limits.idle_timeout.as_secs().max(1)));
-    // Each read of the request body; Pingora's own is 60 s.
-    session.set_read_timeout(Some(limits.body_read_timeout));
-    if let ServerSession::H1(h1) = &mut session {
-        h1.set_pipelined_prefix(read);
-    }
-    session
 }
 
 /// Reads one request head, starting with `pipelined`: bytes the client sent
