@@ -3,7 +3,14 @@
 # Everything started through `spawn` is stopped on exit; nothing else is touched.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-BIN=${PORTCULLIS_BIN:-target/release/portcullis}
+# The gateway measured is the one shipped: the profile-guided build
+# (benches/pgo_build.sh, as the Dockerfile builds it). PGO=0 measures the plain
+# `cargo build --release` instead.
+if [ "${PGO:-1}" = 0 ]; then
+  BIN=${PORTCULLIS_BIN:-target/release/portcullis}
+else
+  BIN=${PORTCULLIS_BIN:-target/pgo/portcullis}
+fi
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
@@ -19,12 +26,15 @@ need() { # tools...
 FLOOR=${FLOOR_BIN:-target/release/examples/pingora_floor}
 # Builds (or finds up to date) the gateway and the floor, unless PORTCULLIS_BIN
 # (and FLOOR_BIN) name binaries to measure instead, e.g. copies of two builds
-# to compare.
+# to compare. The floor is a plain release build (no profile).
 release_build() {
   local targets=()
   [ -n "${FLOOR_BIN:-}" ] || targets+=(--example pingora_floor)
-  [ -n "${PORTCULLIS_BIN:-}" ] || targets+=(--bin portcullis)
+  [ -n "${PORTCULLIS_BIN:-}" ] || [ "${PGO:-1}" != 0 ] || targets+=(--bin portcullis)
   [ ${#targets[@]} -eq 0 ] || cargo build --release --locked "${targets[@]}"
+  # Two release builds and a training run the first time, seconds when
+  # nothing changed.
+  [ -n "${PORTCULLIS_BIN:-}" ] || [ "${PGO:-1}" = 0 ] || bash benches/pgo_build.sh "$BIN"
 }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
