@@ -90,6 +90,9 @@ pub struct HttpSession {
     body_reader: BodyReader,
     /// A state machine to track how to write the response body
     body_writer: BodyWriter,
+    /// `finish_body` completed the body writer and flushed the stream: a later call has
+    /// nothing to write or flush (reset when the body writer is initialized again).
+    body_finished_and_flushed: bool,
     /// Cancel-safe proxy task state.
     proxy_task_state: ProxyTaskState,
     /// An internal buffer to buf multiple body writes to reduce the underlying syscalls
@@ -181,6 +184,7 @@ impl HttpSession {
             preread_body: None,
             body_reader: BodyReader::new(false),
             body_writer: BodyWriter::new(),
+            body_finished_and_flushed: false,
             proxy_task_state: ProxyTaskState::default(),
             body_write_buf: BytesMut::new(),
             keepalive_timeout: KeepaliveStatus::Off,
@@ -930,6 +934,7 @@ impl HttpSession {
 
     fn init_body_writer(&mut self, header: &ResponseHeader) {
         use http::StatusCode;
+        self.body_finished_and_flushed = false;
         /* the following responses don't have body 204, 304, and HEAD */
         if matches!(
             header.status,
@@ -1086,11 +1091,20 @@ impl HttpSession {
     /// For chunked encoding response, this call will also send the last chunk.
     /// For upgraded sessions, this call will also close the reading of the client body.
     pub async fn finish_body(&mut self) -> Result<Option<usize>> {
+        if self.body_finished_and_flushed {
+            // A finished writer writes nothing more (`write_body` on it is a no-op and a
+            // second response header is refused), so there is nothing to flush either.
+            // The proxy finishes a body once per layer (end of the body, end of the
+            // response, end of the session): only the first one does any work.
+            self.maybe_force_close_body_reader();
+            return Ok(None);
+        }
         let res = self.body_writer.finish(&mut self.underlying_stream).await?;
         self.underlying_stream
             .flush()
             .await
             .or_err(WriteError, "flushing body")?;
+        self.body_finished_and_flushed = self.body_writer.finished();
 
         trace!(
             "finish body (response body writer), upgraded: {}",
@@ -2871,6 +2885,36 @@ mod tests_stream {
         assert_eq!(wire_body.len(), n);
         let n = http_stream.finish_body().await.unwrap().unwrap();
         assert_eq!(wire_body.len(), n);
+    }
+
+    /// The proxy finishes a body once per layer: the calls after the first one write
+    /// nothing (the mock fails on any unexpected write) and report no bytes.
+    #[tokio::test]
+    async fn finish_body_again_is_a_no_op() {
+        let read_wire = b"GET / HTTP/1.1\r\n\r\n";
+        let wire_header = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let wire_body = b"1\r\na\r\n";
+        let wire_end = b"0\r\n\r\n";
+        let mock_io = Builder::new()
+            .read(read_wire)
+            .write(wire_header)
+            .write(wire_body)
+            .write(wire_end)
+            .build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.read_request().await.unwrap();
+        let mut new_response = ResponseHeader::build(StatusCode::OK, None).unwrap();
+        new_response.append_header("Transfer-Encoding", "chunked").unwrap();
+        http_stream.update_resp_headers = false;
+        http_stream
+            .write_response_header_ref(&new_response)
+            .await
+            .unwrap();
+        http_stream.write_body(b"a").await.unwrap().unwrap();
+        assert_eq!(http_stream.finish_body().await.unwrap(), Some(1));
+        assert!(http_stream.body_finished_and_flushed);
+        assert_eq!(http_stream.finish_body().await.unwrap(), None);
+        assert_eq!(http_stream.finish_body().await.unwrap(), None);
     }
 
     #[tokio::test]
