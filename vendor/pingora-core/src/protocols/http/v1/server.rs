@@ -872,8 +872,11 @@ impl HttpSession {
         // Allow informational header (excluding 101) to pass through without affecting the state
         // of the request
         if header.status == 101 || !header.status.is_informational() {
+            // Whether this answers an upgrade request, looked up once: the body writer
+            // below needs the same answer.
+            let upgrade = self.is_upgrade(header);
             // reset request body to done for incomplete upgrade handshakes
-            if let Some(upgrade_ok) = self.is_upgrade(header) {
+            if let Some(upgrade_ok) = upgrade {
                 if upgrade_ok {
                     debug!("ok upgrade handshake");
                     // For ws we use HTTP1_0 do_read_body_until_closed
@@ -907,7 +910,7 @@ impl HttpSession {
                     // continue to read body as-is, this is now just a regular request
                 }
             }
-            self.init_body_writer(header);
+            self.init_body_writer(header, upgrade == Some(true));
         }
 
         // Defense-in-depth: if response body is close-delimited, mark session
@@ -932,7 +935,8 @@ impl HttpSession {
         Ok(Some((write_buf.freeze(), should_flush)))
     }
 
-    fn init_body_writer(&mut self, header: &ResponseHeader) {
+    /// `upgraded` is [`Self::is_upgrade()`] of `header` being `Some(true)`.
+    fn init_body_writer(&mut self, header: &ResponseHeader, upgraded: bool) {
         use http::StatusCode;
         self.body_finished_and_flushed = false;
         /* the following responses don't have body 204, 304, and HEAD */
@@ -950,7 +954,7 @@ impl HttpSession {
             return;
         }
 
-        if self.is_upgrade(header) == Some(true) {
+        if upgraded {
             self.body_writer.init_close_delimited();
         } else {
             init_body_writer_comm(&mut self.body_writer, &header.headers);
