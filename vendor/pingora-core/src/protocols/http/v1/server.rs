@@ -433,7 +433,13 @@ impl HttpSession {
                         if has_both_te_and_cl {
                             self.set_keepalive(None);
                         }
-                        self.validate_request()?;
+                        // The framing lookups above answer the validation's questions:
+                        // after the strip, Content-Length is left only without
+                        // Transfer-Encoding.
+                        self.validate_request_framing(
+                            contains_transfer_encoding,
+                            contains_content_length && !has_both_te_and_cl,
+                        )?;
 
                         return Ok(Some(s));
                     }
@@ -489,6 +495,21 @@ impl HttpSession {
     /// # Panics
     /// this function and most other functions will panic if called before [`Self::read_request()`]
     pub fn validate_request(&self) -> Result<()> {
+        let headers = &self.req_header().headers;
+        self.validate_request_framing(
+            headers.contains_key(TRANSFER_ENCODING),
+            headers.contains_key(CONTENT_LENGTH),
+        )
+    }
+
+    /// [`Self::validate_request()`] given whether the request header has
+    /// `Transfer-Encoding` and `Content-Length`, which `read_request` has just looked
+    /// up: a request with neither (most of them) needs no further framing lookup.
+    fn validate_request_framing(
+        &self,
+        has_transfer_encoding: bool,
+        has_content_length: bool,
+    ) -> Result<()> {
         let req_header = self.req_header();
 
         // Reject an ambiguous authority before anything routes on it.
@@ -498,9 +519,11 @@ impl HttpSession {
         // parity): identical duplicates and comma-combined identical values are
         // accepted and collapsed; differing or unparseable values are rejected.
         // This is a no-op when Transfer-Encoding is present (TE overrides CL).
-        super::common::validate_content_length(&req_header.headers)?;
+        if has_content_length && !has_transfer_encoding {
+            content_length_for_framing(&req_header.headers)?;
+        }
 
-        if req_header.headers.contains_key(TRANSFER_ENCODING) {
+        if has_transfer_encoding {
             // Per [RFC 9112 Section 6.1-16](https://datatracker.ietf.org/doc/html/rfc9112#section-6.1-16),
             // HTTP/1.0 requests with Transfer-Encoding MUST be treated as having faulty framing.
             // We reject with 400 Bad Request and close the connection.
