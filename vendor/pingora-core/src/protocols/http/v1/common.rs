@@ -597,7 +597,10 @@ mod test {
         let framing = content_length_for_framing(&headers).ok().flatten();
         let full = content_length_parse_all(&headers).map(|n| usize::try_from(n).unwrap());
         assert_eq!(framing, full, "{values:?}");
-        assert_eq!(content_length_for_framing(&headers).is_err(), full.is_none());
+        assert_eq!(
+            content_length_for_framing(&headers).is_err(),
+            full.is_none()
+        );
     }
 
     #[test]

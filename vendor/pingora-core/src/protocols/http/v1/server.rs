@@ -2931,7 +2931,9 @@ mod tests_stream {
         let mut http_stream = HttpSession::new(Box::new(mock_io));
         http_stream.read_request().await.unwrap();
         let mut new_response = ResponseHeader::build(StatusCode::OK, None).unwrap();
-        new_response.append_header("Transfer-Encoding", "chunked").unwrap();
+        new_response
+            .append_header("Transfer-Encoding", "chunked")
+            .unwrap();
         http_stream.update_resp_headers = false;
         http_stream
             .write_response_header_ref(&new_response)
