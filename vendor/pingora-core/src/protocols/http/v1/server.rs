@@ -847,10 +847,13 @@ impl HttpSession {
     /// Prepare response header for writing: handle upgrades, set headers, initialize body writer.
     /// This contains all the synchronous logic that should happen before writing the header.
     /// Returns Ok(Some((bytes, should_flush))) if the header should be written, Ok(None) if should skip.
+    ///
+    /// The bytes stay a `BytesMut`: `write_response_header` only borrows them, and freezing
+    /// a buffer that is not full allocates a shared header for it (then frees both).
     fn prepare_response_header(
         &mut self,
         header: &mut ResponseHeader,
-    ) -> Result<Option<(Bytes, bool)>> {
+    ) -> Result<Option<(BytesMut, bool)>> {
         // Check if we should ignore informational responses
         if header.status.is_informational() && self.ignore_info_resp(header.status.into()) {
             debug!("ignoring informational headers");
@@ -955,7 +958,7 @@ impl HttpSession {
         let should_flush = header.status.is_informational()
             || header.headers.get(header::CONTENT_LENGTH).is_none();
 
-        Ok(Some((write_buf.freeze(), should_flush)))
+        Ok(Some((write_buf, should_flush)))
     }
 
     /// `upgraded` is [`Self::is_upgrade()`] of `header` being `Some(true)`.
@@ -1739,7 +1742,7 @@ impl HttpSession {
                     let flush = should_flush || self.body_writer.finished();
                     self.proxy_task_state
                         .header_writer()
-                        .send_header_task(write_buf, flush, None);
+                        .send_header_task(write_buf.freeze(), flush, None);
                     self.proxy_task_state.current_writer =
                         Some(ProxyTaskWriter::WritingHeader(header, end));
                 }
