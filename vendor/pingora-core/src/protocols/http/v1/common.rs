@@ -357,7 +357,19 @@ pub(crate) fn content_length_parse_all(headers: &HMap) -> Option<u64> {
 /// present but cannot be resolved to a single value (conflicting duplicates or
 /// an unparseable value), or `None` when the header is absent.
 pub(crate) fn content_length_for_framing(headers: &HMap) -> Result<Option<usize>> {
-    match content_length_parse_all(headers) {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let Some(first) = values.next() else {
+        // Absent: one map lookup, not a second one to tell absent from invalid.
+        return Ok(None);
+    };
+    // The common case, one line of plain digits, is its own value: it needs
+    // neither the visible-ASCII check nor the split on commas. Anything else
+    // (lists, whitespace, duplicates, junk) takes the full reconciliation.
+    let parsed = match (from_digits(first.as_bytes()), values.next()) {
+        (Some(n), None) => Some(n),
+        _ => content_length_parse_all(headers),
+    };
+    match parsed {
         Some(cl) => {
             // Content-Length frames the body, so a value that does not fit in
             // `usize` cannot be represented and must not be silently truncated
@@ -373,13 +385,13 @@ pub(crate) fn content_length_for_framing(headers: &HMap) -> Result<Option<usize>
                 )
             })
         }
-        None if headers.contains_key(header::CONTENT_LENGTH) => {
+        // Present (checked above) but not resolvable to one value.
+        None => {
             // debug, not warn: per-message, client-influenced; avoids log floods
             // under adversarial load. The error is returned to the caller.
             debug!("invalid Content-Length header");
             Error::e_explain(InvalidHTTPHeader, "invalid Content-Length header")
         }
-        None => Ok(None),
     }
 }
 
@@ -556,6 +568,38 @@ mod test {
         assert_eq!(
             err.context.as_ref().map(|c| c.as_str()),
             Some("invalid Content-Length header")
+        );
+    }
+
+    /// The single-line digits fast path of `content_length_for_framing` agrees
+    /// with the full reconciliation on every shape of one or two header lines.
+    #[rstest]
+    #[case::plain(&["5"])]
+    #[case::zero(&["0"])]
+    #[case::leading_zeros(&["007"])]
+    #[case::max(&["18446744073709551615"])]
+    #[case::overflow(&["18446744073709551616"])]
+    #[case::empty(&[""])]
+    #[case::signed(&["+5"])]
+    #[case::leading_space(&[" 5"])]
+    #[case::trailing_space(&["5 "])]
+    #[case::list(&["5,5"])]
+    #[case::list_conflict(&["5,6"])]
+    #[case::junk(&["5a"])]
+    #[case::two_lines(&["5", "5"])]
+    #[case::two_lines_conflict(&["5", "6"])]
+    #[case::valid_then_invalid(&["5", "x"])]
+    fn test_content_length_for_framing_agrees_with_parse_all(#[case] values: &[&str]) {
+        let mut headers = HMap::new();
+        for value in values {
+            headers.append(CONTENT_LENGTH, (*value).try_into().unwrap());
+        }
+        let framing = content_length_for_framing(&headers).ok().flatten();
+        let full = content_length_parse_all(&headers).map(|n| usize::try_from(n).unwrap());
+        assert_eq!(framing, full, "{values:?}");
+        assert_eq!(
+            content_length_for_framing(&headers).is_err(),
+            full.is_none()
         );
     }
 

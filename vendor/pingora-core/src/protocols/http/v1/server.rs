@@ -90,6 +90,9 @@ pub struct HttpSession {
     body_reader: BodyReader,
     /// A state machine to track how to write the response body
     body_writer: BodyWriter,
+    /// `finish_body` completed the body writer and flushed the stream: a later call has
+    /// nothing to write or flush (reset when the body writer is initialized again).
+    body_finished_and_flushed: bool,
     /// Cancel-safe proxy task state.
     proxy_task_state: ProxyTaskState,
     /// An internal buffer to buf multiple body writes to reduce the underlying syscalls
@@ -181,6 +184,7 @@ impl HttpSession {
             preread_body: None,
             body_reader: BodyReader::new(false),
             body_writer: BodyWriter::new(),
+            body_finished_and_flushed: false,
             proxy_task_state: ProxyTaskState::default(),
             body_write_buf: BytesMut::new(),
             keepalive_timeout: KeepaliveStatus::Off,
@@ -429,7 +433,13 @@ impl HttpSession {
                         if has_both_te_and_cl {
                             self.set_keepalive(None);
                         }
-                        self.validate_request()?;
+                        // The framing lookups above answer the validation's questions:
+                        // after the strip, Content-Length is left only without
+                        // Transfer-Encoding.
+                        self.validate_request_framing(
+                            contains_transfer_encoding,
+                            contains_content_length && !has_both_te_and_cl,
+                        )?;
 
                         return Ok(Some(s));
                     }
@@ -485,6 +495,21 @@ impl HttpSession {
     /// # Panics
     /// this function and most other functions will panic if called before [`Self::read_request()`]
     pub fn validate_request(&self) -> Result<()> {
+        let headers = &self.req_header().headers;
+        self.validate_request_framing(
+            headers.contains_key(TRANSFER_ENCODING),
+            headers.contains_key(CONTENT_LENGTH),
+        )
+    }
+
+    /// [`Self::validate_request()`] given whether the request header has
+    /// `Transfer-Encoding` and `Content-Length`, which `read_request` has just looked
+    /// up: a request with neither (most of them) needs no further framing lookup.
+    fn validate_request_framing(
+        &self,
+        has_transfer_encoding: bool,
+        has_content_length: bool,
+    ) -> Result<()> {
         let req_header = self.req_header();
 
         // Reject an ambiguous authority before anything routes on it.
@@ -494,9 +519,11 @@ impl HttpSession {
         // parity): identical duplicates and comma-combined identical values are
         // accepted and collapsed; differing or unparseable values are rejected.
         // This is a no-op when Transfer-Encoding is present (TE overrides CL).
-        super::common::validate_content_length(&req_header.headers)?;
+        if has_content_length && !has_transfer_encoding {
+            content_length_for_framing(&req_header.headers)?;
+        }
 
-        if req_header.headers.contains_key(TRANSFER_ENCODING) {
+        if has_transfer_encoding {
             // Per [RFC 9112 Section 6.1-16](https://datatracker.ietf.org/doc/html/rfc9112#section-6.1-16),
             // HTTP/1.0 requests with Transfer-Encoding MUST be treated as having faulty framing.
             // We reject with 400 Bad Request and close the connection.
@@ -820,10 +847,13 @@ impl HttpSession {
     /// Prepare response header for writing: handle upgrades, set headers, initialize body writer.
     /// This contains all the synchronous logic that should happen before writing the header.
     /// Returns Ok(Some((bytes, should_flush))) if the header should be written, Ok(None) if should skip.
+    ///
+    /// The bytes stay a `BytesMut`: `write_response_header` only borrows them, and freezing
+    /// a buffer that is not full allocates a shared header for it (then frees both).
     fn prepare_response_header(
         &mut self,
         header: &mut ResponseHeader,
-    ) -> Result<Option<(Bytes, bool)>> {
+    ) -> Result<Option<(BytesMut, bool)>> {
         // Check if we should ignore informational responses
         if header.status.is_informational() && self.ignore_info_resp(header.status.into()) {
             debug!("ignoring informational headers");
@@ -868,8 +898,11 @@ impl HttpSession {
         // Allow informational header (excluding 101) to pass through without affecting the state
         // of the request
         if header.status == 101 || !header.status.is_informational() {
+            // Whether this answers an upgrade request, looked up once: the body writer
+            // below needs the same answer.
+            let upgrade = self.is_upgrade(header);
             // reset request body to done for incomplete upgrade handshakes
-            if let Some(upgrade_ok) = self.is_upgrade(header) {
+            if let Some(upgrade_ok) = upgrade {
                 if upgrade_ok {
                     debug!("ok upgrade handshake");
                     // For ws we use HTTP1_0 do_read_body_until_closed
@@ -903,7 +936,7 @@ impl HttpSession {
                     // continue to read body as-is, this is now just a regular request
                 }
             }
-            self.init_body_writer(header);
+            self.init_body_writer(header, upgrade == Some(true));
         }
 
         // Defense-in-depth: if response body is close-delimited, mark session
@@ -925,11 +958,13 @@ impl HttpSession {
         let should_flush = header.status.is_informational()
             || header.headers.get(header::CONTENT_LENGTH).is_none();
 
-        Ok(Some((write_buf.freeze(), should_flush)))
+        Ok(Some((write_buf, should_flush)))
     }
 
-    fn init_body_writer(&mut self, header: &ResponseHeader) {
+    /// `upgraded` is [`Self::is_upgrade()`] of `header` being `Some(true)`.
+    fn init_body_writer(&mut self, header: &ResponseHeader, upgraded: bool) {
         use http::StatusCode;
+        self.body_finished_and_flushed = false;
         /* the following responses don't have body 204, 304, and HEAD */
         if matches!(
             header.status,
@@ -945,7 +980,7 @@ impl HttpSession {
             return;
         }
 
-        if self.is_upgrade(header) == Some(true) {
+        if upgraded {
             self.body_writer.init_close_delimited();
         } else {
             init_body_writer_comm(&mut self.body_writer, &header.headers);
@@ -1086,11 +1121,20 @@ impl HttpSession {
     /// For chunked encoding response, this call will also send the last chunk.
     /// For upgraded sessions, this call will also close the reading of the client body.
     pub async fn finish_body(&mut self) -> Result<Option<usize>> {
+        if self.body_finished_and_flushed {
+            // A finished writer writes nothing more (`write_body` on it is a no-op and a
+            // second response header is refused), so there is nothing to flush either.
+            // The proxy finishes a body once per layer (end of the body, end of the
+            // response, end of the session): only the first one does any work.
+            self.maybe_force_close_body_reader();
+            return Ok(None);
+        }
         let res = self.body_writer.finish(&mut self.underlying_stream).await?;
         self.underlying_stream
             .flush()
             .await
             .or_err(WriteError, "flushing body")?;
+        self.body_finished_and_flushed = self.body_writer.finished();
 
         trace!(
             "finish body (response body writer), upgraded: {}",
@@ -1696,9 +1740,11 @@ impl HttpSession {
                     };
                     // header only responses will want to flush
                     let flush = should_flush || self.body_writer.finished();
-                    self.proxy_task_state
-                        .header_writer()
-                        .send_header_task(write_buf, flush, None);
+                    self.proxy_task_state.header_writer().send_header_task(
+                        write_buf.freeze(),
+                        flush,
+                        None,
+                    );
                     self.proxy_task_state.current_writer =
                         Some(ProxyTaskWriter::WritingHeader(header, end));
                 }
@@ -2871,6 +2917,38 @@ mod tests_stream {
         assert_eq!(wire_body.len(), n);
         let n = http_stream.finish_body().await.unwrap().unwrap();
         assert_eq!(wire_body.len(), n);
+    }
+
+    /// The proxy finishes a body once per layer: the calls after the first one write
+    /// nothing (the mock fails on any unexpected write) and report no bytes.
+    #[tokio::test]
+    async fn finish_body_again_is_a_no_op() {
+        let read_wire = b"GET / HTTP/1.1\r\n\r\n";
+        let wire_header = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let wire_body = b"1\r\na\r\n";
+        let wire_end = b"0\r\n\r\n";
+        let mock_io = Builder::new()
+            .read(read_wire)
+            .write(wire_header)
+            .write(wire_body)
+            .write(wire_end)
+            .build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.read_request().await.unwrap();
+        let mut new_response = ResponseHeader::build(StatusCode::OK, None).unwrap();
+        new_response
+            .append_header("Transfer-Encoding", "chunked")
+            .unwrap();
+        http_stream.update_resp_headers = false;
+        http_stream
+            .write_response_header_ref(&new_response)
+            .await
+            .unwrap();
+        http_stream.write_body(b"a").await.unwrap().unwrap();
+        assert_eq!(http_stream.finish_body().await.unwrap(), Some(1));
+        assert!(http_stream.body_finished_and_flushed);
+        assert_eq!(http_stream.finish_body().await.unwrap(), None);
+        assert_eq!(http_stream.finish_body().await.unwrap(), None);
     }
 
     #[tokio::test]
