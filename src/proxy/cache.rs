@@ -118,7 +118,10 @@ pub fn key(session: &Session, ctx: &RequestCtx) -> Result<CacheKey> {
         consumer: caller.as_deref(),
         vary: &vary,
     };
-    Ok(CacheKey::new(parts.primary(), route.name.as_str()))
+    // No user tag: nothing reads it (the store finds the route in the
+    // primary key, `route_and_path`), and a copy of the name would be one
+    // more allocation a request.
+    Ok(CacheKey::new(parts.primary(), String::new()))
 }
 
 /// A bearer token without `sub` names no one in particular (a client
