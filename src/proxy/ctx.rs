@@ -184,13 +184,15 @@ impl RequestCtx {
         const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
         const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
         let req = session.req_header();
-        // One pass over the headers for the three names, not a hashed lookup
+        // One pass over the headers for the names read here, not a hashed lookup
         // for each (a request has few headers; comparing names is cheaper).
         // The first `x-request-id` counts, as `get` gives it.
         let mut request_id = None;
         let (mut traceparent, mut traceparents) = (None, 0);
         // Several x-forwarded-for lines form one list (RFC 9110 §5.3).
         let mut lines: Vec<&str> = Vec::new();
+        // Without an `upgrade` header there is no upgrade to judge.
+        let mut upgrade = false;
         for (name, value) in &req.headers {
             if *name == X_REQUEST_ID {
                 request_id.get_or_insert(value);
@@ -199,6 +201,8 @@ impl RequestCtx {
                 traceparents += 1;
             } else if *name == X_FORWARDED_FOR {
                 lines.extend(value.to_str().ok());
+            } else if *name == http::header::UPGRADE {
+                upgrade = true;
             }
         }
         self.request_id = match request_id {
@@ -225,8 +229,8 @@ impl RequestCtx {
             self.forwarded_for = forwarded.header;
             self.peer_trusted = forwarded.peer_trusted;
         }
-        self.upgrade =
-            forward::is_upgrade_request(req.version == http::Version::HTTP_11, &req.headers);
+        self.upgrade = upgrade
+            && forward::is_upgrade_request(req.version == http::Version::HTTP_11, &req.headers);
         self.https = session.digest().is_some_and(|d| d.ssl_digest.is_some());
     }
 
