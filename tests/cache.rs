@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{promtool_accepts, request, Answer, Backend, Gateway, KEY};
+use common::{promtool_accepts, request, Answer, Backend, Gateway, RawBackend, KEY};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -879,4 +879,78 @@ fn a_range_request_on_a_hit_gets_its_part() {
     assert_eq!(plain.header("accept-ranges"), Some("bytes"));
     assert_eq!(plain.text(), "\"0123456789\"");
     assert_eq!(hits(&backend), 1);
+}
+
+/// The header names of one GET's answer, exactly as they came on the wire,
+/// sorted (a hit and a miss may order them differently).
+fn names_on_the_wire(gw: &Gateway, target: &str) -> Vec<String> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut stream = std::net::TcpStream::connect(gw.addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let ask = format!(
+        "GET {target} HTTP/1.1\r\nhost: a\r\nx-api-key: {KEY}\r\nconnection: close\r\n\r\n"
+    );
+    stream.write_all(ask.as_bytes()).expect("write");
+    let mut reader = BufReader::new(stream);
+    let mut names = Vec::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("read");
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        if let Some((name, _)) = line.split_once(':') {
+            names.push(name.to_string());
+        }
+    }
+    names.sort();
+    names
+}
+
+#[test]
+fn a_hit_spells_header_names_as_the_miss_did() {
+    // One upstream spells its names its own way, the other as Pingora
+    // would (titled where it knows the name, else lower case): the stored
+    // header keeps the spelling in the first case and needs none in the second.
+    let own_way = RawBackend::start(|_| {
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nX-Upstream-Case: Kept\r\n\
+          Cache-Control: max-age=60\r\nContent-Length: 2\r\n\r\n{}"
+            .to_vec()
+    });
+    let usual = RawBackend::start(|_| {
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nx-upstream-case: kept\r\n\
+          Cache-Control: max-age=60\r\nContent-Length: 2\r\n\r\n{}"
+            .to_vec()
+    });
+    let gw = Gateway::start(&format!(
+        "listen:\n  - addr: {{listen}}\nadmin:\n  addr: {{admin}}\nshutdown_grace: 1s\n\
+         consumers:\n  - name: web\n    keys: [\"{KEY}\"]\n\
+         cache: {{ max_size: 8MiB }}\n\
+         upstreams:\n  own: {{ peers: [\"{}\"] }}\n  usual: {{ peers: [\"{}\"] }}\n\
+         routes:\n\
+         \x20 - {{ name: own, path: /own, upstream: own, cache: {{ ttl: 60s }} }}\n\
+         \x20 - {{ name: usual, path: /usual, upstream: usual, cache: {{ ttl: 60s }} }}\n",
+        own_way.addr, usual.addr
+    ));
+    for (target, spelled) in [
+        ("/own", ["content-type", "X-Upstream-Case", "Cache-Control"]),
+        (
+            "/usual",
+            ["Content-Type", "x-upstream-case", "Cache-Control"],
+        ),
+    ] {
+        let miss = names_on_the_wire(&gw, target);
+        let hit = names_on_the_wire(&gw, target);
+        for name in spelled {
+            assert!(
+                miss.iter().any(|n| n == name),
+                "{target}: {name} in {miss:?}"
+            );
+        }
+        assert_eq!(hit, miss, "{target}");
+    }
+    assert_eq!(own_way.heads().len(), 1);
+    assert_eq!(usual.heads().len(), 1);
 }

@@ -15,7 +15,7 @@ use crate::core::router::{self, host_without_port, Lookup};
 use crate::tables::{Gateway, Route};
 use crate::telemetry::metrics::{self, AuthFailure};
 use crate::telemetry::process_log::once_a_second;
-use http::header::{CONTENT_LENGTH, HOST};
+use http::header::{AUTHORIZATION, CONTENT_LENGTH, HOST};
 use http::Method;
 use pingora_http::RequestHeader;
 use pingora_proxy::Session;
@@ -42,19 +42,36 @@ pub struct RequestFacts<'a> {
 
 impl<'a> RequestFacts<'a> {
     pub fn of(req: &'a RequestHeader, key_header: &http::HeaderName) -> RequestFacts<'a> {
-        let header = |name| req.headers.get(name).and_then(|v| v.to_str().ok());
+        // One pass over the headers, not a hashed lookup for each of the four
+        // names: a request has few headers, and comparing names is cheaper
+        // than hashing them. The first value of a name is the one kept, as
+        // `get` gives it (each name is checked on its own: the key header
+        // may be configured as `authorization`).
+        let (mut host, mut key, mut authorization, mut content_length) = (None, None, None, None);
+        for (name, value) in &req.headers {
+            if *name == HOST {
+                host.get_or_insert(value);
+            }
+            if name == key_header {
+                key.get_or_insert(value);
+            }
+            if *name == AUTHORIZATION {
+                authorization.get_or_insert(value);
+            }
+            if *name == CONTENT_LENGTH {
+                content_length.get_or_insert(value);
+            }
+        }
+        let text = |v: Option<&'a http::HeaderValue>| v.and_then(|v| v.to_str().ok());
         RequestFacts {
             method: &req.method,
             path: req.uri.path(),
-            host: header(HOST)
+            host: text(host)
                 .or_else(|| req.uri.authority().map(|a| a.as_str()))
                 .map(host_without_port),
-            key: req.headers.get(key_header).map(|v| v.as_bytes()),
-            authorization: req
-                .headers
-                .get(http::header::AUTHORIZATION)
-                .map(|v| v.as_bytes()),
-            content_length: header(CONTENT_LENGTH),
+            key: key.map(|v| v.as_bytes()),
+            authorization: authorization.map(|v| v.as_bytes()),
+            content_length: text(content_length),
             query: req.uri.query(),
             headers: &req.headers,
         }

@@ -118,7 +118,10 @@ pub fn key(session: &Session, ctx: &RequestCtx) -> Result<CacheKey> {
         consumer: caller.as_deref(),
         vary: &vary,
     };
-    Ok(CacheKey::new(parts.primary(), route.name.as_str()))
+    // No user tag: nothing reads it (the store finds the route in the
+    // primary key, `route_and_path`), and a copy of the name would be one
+    // more allocation a request.
+    Ok(CacheKey::new(parts.primary(), String::new()))
 }
 
 /// A bearer token without `sub` names no one in particular (a client
@@ -222,25 +225,23 @@ pub fn cacheable(session: &Session, resp: &ResponseHeader, ctx: &mut RequestCtx)
 /// Built afresh with room for the headers each answer adds (`age`,
 /// `cache-status`, `x-request-id`, `date`, the rate-limit ones): a hit's
 /// copy then takes them without growing and rehashing its maps.
+///
+/// Without its header-name case when that changes no byte on the wire (see
+/// [`without_needless_case`]).
 fn stored_header(resp: &ResponseHeader) -> Option<ResponseHeader> {
-    const ADDED_PER_ANSWER: usize = 8;
-    let room = Some(resp.headers.len() + ADDED_PER_ANSWER);
     let mut header = if resp.has_case() {
-        let mut header = ResponseHeader::build(resp.status, room).ok()?;
+        let mut header = ResponseHeader::build(resp.status, room_for(resp)).ok()?;
         for (name, value) in resp.case_header_iter() {
             header.append_header(name.clone(), value.clone()).ok()?;
         }
         header
     } else {
-        let mut header = ResponseHeader::build_no_case(resp.status, room).ok()?;
-        for (name, value) in &resp.headers {
-            header.append_header(name.clone(), value.clone()).ok()?;
-        }
-        header
+        plain_copy(resp)?
     };
     header.set_version(resp.version);
     header.set_reason_phrase(resp.get_reason_phrase()).ok()?;
     strip_hop_by_hop_response(&mut header, false).ok()?;
+    let mut header = without_needless_case(header)?;
     let ranges = header.status == http::StatusCode::OK
         && header
             .headers
@@ -251,6 +252,46 @@ fn stored_header(resp: &ResponseHeader) -> Option<ResponseHeader> {
         header.insert_header(ACCEPT_RANGES, "bytes").ok()?;
     }
     Some(header)
+}
+
+/// Room in a stored header for the headers each answer adds.
+fn room_for(resp: &ResponseHeader) -> Option<usize> {
+    const ADDED_PER_ANSWER: usize = 8;
+    Some(resp.headers.len() + ADDED_PER_ANSWER)
+}
+
+/// `resp`'s status, version, reason and headers, without header-name case.
+fn plain_copy(resp: &ResponseHeader) -> Option<ResponseHeader> {
+    let mut header = ResponseHeader::build_no_case(resp.status, room_for(resp)).ok()?;
+    for (name, value) in &resp.headers {
+        header.append_header(name.clone(), value.clone()).ok()?;
+    }
+    header.set_version(resp.version);
+    header.set_reason_phrase(resp.get_reason_phrase()).ok()?;
+    Some(header)
+}
+
+/// `header` without its case map when every name in it is as a header
+/// without one writes it anyway (the titled form Pingora knows, `Content-Type`,
+/// else lower case), which is what most upstreams send. Each hit copies the
+/// stored header twice (into its `CacheMeta`, then the answer's), and a case
+/// map doubles each copy; the headers every answer adds name no case either.
+/// An upstream's own spelling (`X-Trace-Id`, `content-type`) keeps the map.
+fn without_needless_case(header: ResponseHeader) -> Option<ResponseHeader> {
+    if !header.has_case() {
+        return Some(header);
+    }
+    let plain = plain_copy(&header)?;
+    let wire = |h: &ResponseHeader| {
+        let mut buf = Vec::with_capacity(256);
+        h.header_to_h1_wire(&mut buf);
+        buf
+    };
+    Some(if wire(&plain) == wire(&header) {
+        plain
+    } else {
+        header
+    })
 }
 
 /// `cache_vary_filter`: the upstream's `Vary` headers pick among variants.

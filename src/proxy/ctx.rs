@@ -184,31 +184,41 @@ impl RequestCtx {
         const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
         const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
         let req = session.req_header();
-        self.request_id = match req.headers.get(&X_REQUEST_ID) {
+        // One pass over the headers for the names read here, not a hashed lookup
+        // for each (a request has few headers; comparing names is cheaper).
+        // The first `x-request-id` counts, as `get` gives it.
+        let mut request_id = None;
+        let (mut traceparent, mut traceparents) = (None, 0);
+        // Several x-forwarded-for lines form one list (RFC 9110 §5.3).
+        let mut lines: Vec<&str> = Vec::new();
+        // Without an `upgrade` header there is no upgrade to judge.
+        let mut upgrade = false;
+        for (name, value) in &req.headers {
+            if *name == X_REQUEST_ID {
+                request_id.get_or_insert(value);
+            } else if *name == TRACEPARENT {
+                traceparent.get_or_insert(value);
+                traceparents += 1;
+            } else if *name == X_FORWARDED_FOR {
+                lines.extend(value.to_str().ok());
+            } else if *name == http::header::UPGRADE {
+                upgrade = true;
+            }
+        }
+        self.request_id = match request_id {
             Some(id) if forward::is_valid_request_id(id.as_bytes()) => {
                 String::from_utf8_lossy(id.as_bytes()).into_owned()
             }
             _ => forward::new_request_id(),
         };
         // Two `traceparent`s are invalid (W3C): a trace is started instead.
-        let mut traceparents = req.headers.get_all(&TRACEPARENT).iter();
-        let traceparent = match (traceparents.next(), traceparents.next()) {
-            (Some(one), None) => Some(one.as_bytes()),
-            _ => None,
-        };
-        self.trace = Some(Trace::of(traceparent));
+        let traceparent = traceparent.filter(|_| traceparents == 1);
+        self.trace = Some(Trace::of(traceparent.map(|v| v.as_bytes())));
         if let Some(peer) = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip())
         {
-            // Several x-forwarded-for lines form one list (RFC 9110 §5.3).
-            let lines: Vec<&str> = req
-                .headers
-                .get_all(X_FORWARDED_FOR)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .collect();
             let incoming = (!lines.is_empty()).then(|| lines.join(", "));
             let forwarded =
                 forward::forwarded_for(peer, incoming.as_deref(), &self.gateway.trusted_proxies);
@@ -219,8 +229,8 @@ impl RequestCtx {
             self.forwarded_for = forwarded.header;
             self.peer_trusted = forwarded.peer_trusted;
         }
-        self.upgrade =
-            forward::is_upgrade_request(req.version == http::Version::HTTP_11, &req.headers);
+        self.upgrade = upgrade
+            && forward::is_upgrade_request(req.version == http::Version::HTTP_11, &req.headers);
         self.https = session.digest().is_some_and(|d| d.ssl_digest.is_some());
     }
 

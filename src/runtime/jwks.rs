@@ -37,7 +37,11 @@ pub struct JwksFetcher {
 #[async_trait]
 impl BackgroundService for JwksFetcher {
     async fn start(&self, shutdown: ShutdownWatch) {
-        let connector = Arc::new(Connector::new(None));
+        // Made at the first fetch: loading the system's CA store costs ~10
+        // million instructions and its memory, for nothing on the many
+        // configs without a JWKS URL (and, done at a moment that depends on
+        // the scheduler, it was noise in benches/instructions.sh's totals).
+        let mut connector: Option<Arc<Connector>> = None;
         let mut ticks = Ticks::every(TICK, shutdown);
         while ticks.next().await {
             let tables = self.tables.load_full();
@@ -51,7 +55,9 @@ impl BackgroundService for JwksFetcher {
                         issuer: issuer.name.clone(),
                         url: url.clone(),
                         keys: issuer.keys.clone(),
-                        connector: connector.clone(),
+                        connector: connector
+                            .get_or_insert_with(|| Arc::new(Connector::new(None)))
+                            .clone(),
                     };
                     tokio::spawn(job.run());
                 }

@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 use std::io::Write;
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::OnceLock;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// One request, as logged. Fields that never reached an upstream are `None`.
 #[derive(Debug, Clone, Default)]
@@ -39,9 +40,16 @@ pub struct Entry<'a> {
 impl Entry<'_> {
     /// The line, without its newline.
     pub fn render(&self, format: LogFormat) -> String {
-        let ts = timestamp(chrono::Utc::now());
+        let now = std::time::SystemTime::now();
         match format {
-            LogFormat::Json => self.json_line(&ts),
+            LogFormat::Json => {
+                let mut out = String::with_capacity(LINE_CAPACITY);
+                out.push_str("{\"ts\":\"");
+                push_timestamp(&mut out, now);
+                out.push('"');
+                self.json_fields(&mut out);
+                out
+            }
             LogFormat::Text => format!(
                 "{ts} {} {} {} {:?} {} route={} consumer={} upstream={} peer={} duration_ms={:.3} bytes_in={} bytes_out={}{}{}",
                 self.request_id,
@@ -58,37 +66,45 @@ impl Entry<'_> {
                 self.bytes_out,
                 self.error.map(|e| format!(" error={e}")).unwrap_or_default(),
                 self.cache.map(|c| format!(" cache={c}")).unwrap_or_default(),
+                ts = timestamp(now),
             ),
         }
     }
 
-    /// The JSON line of SPEC §6, fields in its order. Written directly, not
-    /// through serde: the keys are constants and most values need no escaping,
-    /// and serde's per-field work was half of what telemetry cost a request
-    /// (benches/instructions.sh, benches/telemetry_cost.sh). The tests check
-    /// it against serde_json field by field, awkward strings included.
+    /// The JSON line with `ts` as given, for the tests.
+    #[cfg(test)]
     fn json_line(&self, ts: &str) -> String {
         let mut out = String::with_capacity(LINE_CAPACITY);
         push_str(&mut out, "{\"ts\":", Some(ts));
-        push_str(&mut out, ",\"request_id\":", Some(self.request_id));
-        push_str(&mut out, ",\"client\":", self.client);
-        push_str(&mut out, ",\"method\":", Some(self.method));
-        push_str(&mut out, ",\"path\":", Some(self.path));
-        push_str(&mut out, ",\"route\":", Some(self.route));
-        push_str(&mut out, ",\"consumer\":", self.consumer);
-        push_number(&mut out, ",\"status\":", Some(self.status));
-        push_str(&mut out, ",\"upstream\":", self.upstream);
-        push_str(&mut out, ",\"peer\":", self.peer);
-        push_number(&mut out, ",\"upstream_status\":", self.upstream_status);
-        push_ms(&mut out, ",\"duration_ms\":", Some(self.duration_ms));
-        push_ms(&mut out, ",\"upstream_ms\":", self.upstream_ms);
-        push_number(&mut out, ",\"bytes_in\":", Some(self.bytes_in));
-        push_number(&mut out, ",\"bytes_out\":", Some(self.bytes_out));
-        push_str(&mut out, ",\"error\":", self.error);
-        push_str(&mut out, ",\"trace_id\":", self.trace_id);
-        push_str(&mut out, ",\"cache\":", self.cache);
-        out.push('}');
+        self.json_fields(&mut out);
         out
+    }
+
+    /// The JSON line of SPEC §6 after `ts`, fields in its order. Written
+    /// directly, not through serde: the keys are constants and most values
+    /// need no escaping, and serde's per-field work was half of what telemetry
+    /// cost a request (benches/instructions.sh, benches/telemetry_cost.sh). The
+    /// tests check it against serde_json field by field, awkward strings
+    /// included. (`ts` never needs escaping: `render` writes it as it is.)
+    fn json_fields(&self, out: &mut String) {
+        push_str(out, ",\"request_id\":", Some(self.request_id));
+        push_str(out, ",\"client\":", self.client);
+        push_str(out, ",\"method\":", Some(self.method));
+        push_str(out, ",\"path\":", Some(self.path));
+        push_str(out, ",\"route\":", Some(self.route));
+        push_str(out, ",\"consumer\":", self.consumer);
+        push_number(out, ",\"status\":", Some(self.status));
+        push_str(out, ",\"upstream\":", self.upstream);
+        push_str(out, ",\"peer\":", self.peer);
+        push_number(out, ",\"upstream_status\":", self.upstream_status);
+        push_ms(out, ",\"duration_ms\":", Some(self.duration_ms));
+        push_ms(out, ",\"upstream_ms\":", self.upstream_ms);
+        push_number(out, ",\"bytes_in\":", Some(self.bytes_in));
+        push_number(out, ",\"bytes_out\":", Some(self.bytes_out));
+        push_str(out, ",\"error\":", self.error);
+        push_str(out, ",\"trace_id\":", self.trace_id);
+        push_str(out, ",\"cache\":", self.cache);
+        out.push('}');
     }
 }
 
@@ -184,27 +200,47 @@ fn push_number(out: &mut String, key: &str, value: Option<impl Into<u64>>) {
 }
 
 /// RFC 3339 in UTC with milliseconds, as `to_rfc3339_opts(Millis, true)`
-/// writes it; the date and time of day are formatted once a second per thread.
-fn timestamp(now: chrono::DateTime<chrono::Utc>) -> String {
+/// writes it.
+fn timestamp(now: SystemTime) -> String {
+    let mut ts = String::with_capacity(24);
+    push_timestamp(&mut ts, now);
+    ts
+}
+
+/// [`timestamp`], appended to `out`. The date and time of day are formatted
+/// once a second per thread; within it only the milliseconds are, from the
+/// clock's own seconds and nanoseconds (chrono's calendar arithmetic for each
+/// line cost more than the rest of the timestamp).
+fn push_timestamp(out: &mut String, now: SystemTime) {
     thread_local! {
         static SECOND: std::cell::RefCell<(i64, String)> = const {
             std::cell::RefCell::new((i64::MIN, String::new()))
         };
     }
-    // A leap second reports 1000+ ms; RFC 3339 has no 60.xxx here either way.
-    let millis = now.timestamp_subsec_millis().min(999);
-    SECOND.with_borrow_mut(|(second, prefix)| {
-        if *second != now.timestamp() {
-            *second = now.timestamp();
-            *prefix = now.format("%Y-%m-%dT%H:%M:%S").to_string();
+    let since_epoch = now.duration_since(UNIX_EPOCH).ok();
+    let Some((second, millis)) =
+        since_epoch.and_then(|d| Some((i64::try_from(d.as_secs()).ok()?, d.subsec_millis())))
+    else {
+        // A clock before 1970: no cache, chrono all the way.
+        let t = chrono::DateTime::<chrono::Utc>::from(now);
+        out.push_str(&t.format("%Y-%m-%dT%H:%M:%S").to_string());
+        out.push('.');
+        push_three_digits(out, u64::from(t.timestamp_subsec_millis().min(999)));
+        out.push('Z');
+        return;
+    };
+    SECOND.with_borrow_mut(|(cached, prefix)| {
+        if *cached != second {
+            *cached = second;
+            *prefix = chrono::DateTime::from_timestamp(second, 0)
+                .map(|t| t.format("%Y-%m-%dT%H:%M:%S").to_string())
+                .unwrap_or_default();
         }
-        let mut ts = String::with_capacity(prefix.len() + 5);
-        ts.push_str(prefix);
-        ts.push('.');
-        push_three_digits(&mut ts, u64::from(millis));
-        ts.push('Z');
-        ts
-    })
+        out.push_str(prefix);
+    });
+    out.push('.');
+    push_three_digits(out, u64::from(millis));
+    out.push('Z');
 }
 
 /// Bytes reserved for one JSON line: a typical line fits without regrowing.
@@ -425,8 +461,16 @@ mod tests {
         for ms in [0, 7, 45, 999, 1000, 1001, 2500, 86_400_123] {
             let t = base + chrono::Duration::milliseconds(ms);
             let expected = t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-            assert_eq!(timestamp(t), expected, "{ms} ms after");
-            assert_eq!(timestamp(t), expected, "{ms} ms after, from the cache");
+            assert_eq!(timestamp(t.into()), expected, "{ms} ms after");
+            let again = timestamp(t.into());
+            assert_eq!(again, expected, "{ms} ms after, from the cache");
+        }
+        // A clock before 1970 takes chrono's path, to the same text.
+        let epoch = Utc.timestamp_opt(0, 0).single().expect("epoch");
+        for ms in [-1, -500, -86_400_001] {
+            let t = epoch + chrono::Duration::milliseconds(ms);
+            let expected = t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            assert_eq!(timestamp(t.into()), expected, "{ms} ms from the epoch");
         }
     }
 
