@@ -134,10 +134,15 @@ fn drive(port: u16, n: usize, per_connection: usize) -> Result<usize, String> {
             8 => ("GET /users/1 HTTP/1.1\r\nhost: a\r\n\r\n".to_string(), 401),
             _ => ("GET /nowhere HTTP/1.1\r\nhost: a\r\nx-api-key: train-key\r\n\r\n".to_string(), 404),
         };
-        writer.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
+        writer
+            .write_all(request.as_bytes())
+            .map_err(|e| e.to_string())?;
         let status = read_answer(&mut reader)?;
         if status != expect {
-            return Err(format!("expected {expect}, got {status} for {}", request.lines().next().unwrap_or("")));
+            return Err(format!(
+                "expected {expect}, got {status} for {}",
+                request.lines().next().unwrap_or("")
+            ));
         }
     }
     Ok(per_connection)
@@ -164,7 +169,10 @@ fn read_answer(reader: &mut BufReader<TcpStream>) -> Result<u16, String> {
         }
         if let Some((name, value)) = header.split_once(':') {
             if name.eq_ignore_ascii_case("content-length") {
-                length = value.trim().parse().map_err(|_| format!("bad content-length: {value}"))?;
+                length = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("bad content-length: {value}"))?;
             }
         }
     }
@@ -187,7 +195,9 @@ fn start_backend() -> Result<u16, String> {
 }
 
 fn serve(stream: TcpStream) {
-    let Ok(mut writer) = stream.try_clone() else { return };
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
     let mut reader = BufReader::new(stream);
     let answer = format!(
         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{BODY}",
@@ -242,7 +252,9 @@ impl Running {
     /// SIGTERM, then waits up to 30 s: an instrumented binary writes its
     /// profile only when it exits by itself.
     fn stop(&mut self) -> Result<(), String> {
-        let Some(mut child) = self.0.take() else { return Ok(()) };
+        let Some(mut child) = self.0.take() else {
+            return Ok(());
+        };
         // The shell's own `kill`: std sends no signal but SIGKILL, and a
         // builder image need not have procps.
         let term = Command::new("sh")

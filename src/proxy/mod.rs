@@ -39,6 +39,7 @@ use bytes::Bytes;
 use fan_out::FanOut;
 use pingora_cache::key::HashBinary;
 use pingora_cache::{CacheKey, CacheMeta, RespCacheable};
+use pingora_core::modules::http::HttpModules;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -68,6 +69,10 @@ impl ProxyHttp for Portcullis {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx::new(self.tables.load_full())
     }
+
+    /// None: Pingora's default is a response-compression module that is off
+    /// yet runs on every answer (~0.6k instructions per cache hit).
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.identify(session);
@@ -129,15 +134,7 @@ impl ProxyHttp for Portcullis {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        // Our own judgement of an upgrade, not `session.is_upgrade_req()`
-        // (`upgrade` alone): the one `upstream_request_filter` forwards by.
-        let peer = upstream::next_peer(ctx)?;
-        if ctx.upgrade {
-            // A tunnel idles as long on the client's side as on the upstream's,
-            // not `body_read_timeout`, which is for request bodies.
-            session.set_read_timeout(peer.options.read_timeout);
-        }
-        Ok(peer)
+        upstream::next_peer(session, ctx)
     }
 
     fn fail_to_connect(

@@ -14,6 +14,7 @@ use http::Uri;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::Session;
 use std::time::Instant;
 
 /// The upstream metrics of a proxied request's route.
@@ -28,8 +29,20 @@ fn upstream_metrics(ctx: &RequestCtx) -> Option<&UpstreamMetrics> {
 }
 
 /// Leases the next peer (a retry releases the previous one) within the
-/// route's time budget.
-pub fn next_peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+/// route's time budget. A tunnel idles as long on the client's side as on
+/// the upstream's, not `body_read_timeout`, which is for request bodies; an
+/// upgrade is our own judgement (`ctx.upgrade`), not Pingora's
+/// `is_upgrade_req()` (`upgrade` alone): the one `upstream_request_filter`
+/// forwards by.
+pub fn next_peer(session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    let peer = lease_peer(ctx)?;
+    if ctx.upgrade {
+        session.set_read_timeout(peer.options.read_timeout);
+    }
+    Ok(peer)
+}
+
+fn lease_peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
     let Some(upstream_index) = ctx.upstream_index() else {
         return Err(Error::explain(
             ErrorType::InternalError,
