@@ -30,30 +30,36 @@ if [ ! -x "$profdata" ]; then
 fi
 
 # Separate target directories: the flags differ, and neither build may reuse
-# the other's artifacts (or the plain release build's).
-RUSTFLAGS="-Cprofile-generate=$PWD/$data/raw" \
-  cargo build --release --locked --bin portcullis --target-dir target/pgo/generate
-# A new profile only when the instrumented binary or the trainer changed
-# (their digest is kept beside it): an unchanged tree trains nothing.
-stamp=$(cat target/pgo/generate/release/portcullis benches/pgo_train.rs | sha256sum | cut -c1-64)
+# the other's artifacts (or the plain release build's). `--target`: the flags
+# then reach only the target's code, not build scripts and proc macros, which
+# would otherwise be instrumented too. CARGO_ENCODED_RUSTFLAGS: a path with
+# spaces stays one flag.
+CARGO_ENCODED_RUSTFLAGS="-Cprofile-generate=$PWD/$data/raw" \
+  cargo build --release --locked --bin portcullis --target "$host" --target-dir target/pgo/generate
+instrumented=target/pgo/generate/$host/release/portcullis
+# A new profile only when the instrumented binary, the trainer or the request
+# count changed (their digest is kept beside it): an unchanged tree trains
+# nothing.
+stamp=$( (cat "$instrumented" benches/pgo_train.rs; echo "${PGO_REQUESTS:-4000}") | sha256sum | cut -c1-64)
 profile=$PWD/$data/merged.profdata
 if [ ! -e "$profile" ] || [ "$(cat "$data/stamp" 2>/dev/null)" != "$stamp" ]; then
   rm -rf "$data/raw" "$data/stamp" && mkdir -p "$data/raw"
   # The trainer is std-only: built by rustc alone, uninstrumented, so that
   # only the gateway's profile lands in $data/raw.
   rustc --edition 2021 -O benches/pgo_train.rs -o target/pgo/pgo_train
-  target/pgo/pgo_train target/pgo/generate/release/portcullis "${PGO_REQUESTS:-4000}"
+  target/pgo/pgo_train "$instrumented" "${PGO_REQUESTS:-4000}"
   "$profdata" merge -o "$profile" "$data"/raw/*.profraw
-  # cargo cannot see a file named in RUSTFLAGS change: the crates that change
-  # (ours and the vendored Pingora crates) are rebuilt with the new profile;
-  # the other dependencies keep theirs, made by the same code paths.
+  # The crates that change (ours and the vendored Pingora crates) are rebuilt
+  # with the new profile; registry dependencies keep the code an earlier
+  # profile gave them until their own flags change, so a build on a warm
+  # target directory can differ slightly from one on a cold one.
   for crate in portcullis pingora-core pingora-http pingora-proxy; do
-    cargo clean --release --target-dir target/pgo/use -p "$crate" 2>/dev/null || true
+    cargo clean --release --target "$host" --target-dir target/pgo/use -p "$crate"
   done
   echo "$stamp" > "$data/stamp"
 fi
-RUSTFLAGS="-Cprofile-use=$profile" \
-  cargo build --release --locked --bin portcullis --target-dir target/pgo/use
+CARGO_ENCODED_RUSTFLAGS="-Cprofile-use=$profile" \
+  cargo build --release --locked --bin portcullis --target "$host" --target-dir target/pgo/use
 mkdir -p "$(dirname "$out")"
-cp target/pgo/use/release/portcullis "$out"
+cp "target/pgo/use/$host/release/portcullis" "$out"
 echo "pgo_build: $out"

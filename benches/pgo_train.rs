@@ -71,6 +71,7 @@ fn train(gateway: &str, per_connection: usize) -> Result<usize, String> {
     let mut gateway = Running(Some(child));
     wait_for_port(listen)?;
 
+    let log_path = dir.join("gateway.err");
     let clients: Vec<_> = (0..CONNECTIONS)
         .map(|n| std::thread::spawn(move || drive(listen, n, per_connection)))
         .collect();
@@ -78,7 +79,8 @@ fn train(gateway: &str, per_connection: usize) -> Result<usize, String> {
     for client in clients {
         answered += client
             .join()
-            .map_err(|_| "a client thread panicked".to_string())??;
+            .map_err(|_| "a client thread panicked".to_string())?
+            .map_err(|e| format!("{e} (the gateway's log: {})", log_path.display()))?;
     }
     gateway.stop()?;
     let _ = std::fs::remove_dir_all(&dir);
@@ -107,6 +109,8 @@ routes:
 }
 
 /// One keep-alive connection sending the mix `per_connection` times over.
+/// The cached route must answer hits (all but its first few requests): a
+/// change that made it miss every time would train the miss path instead.
 fn drive(port: u16, n: usize, per_connection: usize) -> Result<usize, String> {
     let stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
     stream
@@ -114,6 +118,7 @@ fn drive(port: u16, n: usize, per_connection: usize) -> Result<usize, String> {
         .map_err(|e| e.to_string())?;
     let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
     let mut reader = BufReader::new(stream);
+    let (mut cached, mut hits) = (0, 0);
     for i in 0..per_connection {
         let (request, expect) = match i % 10 {
             0..=3 => (
@@ -137,7 +142,11 @@ fn drive(port: u16, n: usize, per_connection: usize) -> Result<usize, String> {
         writer
             .write_all(request.as_bytes())
             .map_err(|e| e.to_string())?;
-        let status = read_answer(&mut reader)?;
+        let (status, hit) = read_answer(&mut reader)?;
+        if request.starts_with("GET /cached/") {
+            cached += 1;
+            hits += usize::from(hit);
+        }
         if status != expect {
             return Err(format!(
                 "expected {expect}, got {status} for {}",
@@ -145,11 +154,17 @@ fn drive(port: u16, n: usize, per_connection: usize) -> Result<usize, String> {
             ));
         }
     }
+    if hits * 10 < cached * 9 {
+        return Err(format!(
+            "only {hits} of {cached} requests to the cached route were hits"
+        ));
+    }
     Ok(per_connection)
 }
 
-/// Reads one answer with a content-length body; returns its status.
-fn read_answer(reader: &mut BufReader<TcpStream>) -> Result<u16, String> {
+/// Reads one answer with a content-length body; returns its status and
+/// whether `cache-status` says it was a hit.
+fn read_answer(reader: &mut BufReader<TcpStream>) -> Result<(u16, bool), String> {
     let mut line = String::new();
     reader.read_line(&mut line).map_err(|e| e.to_string())?;
     let status = line
@@ -157,7 +172,7 @@ fn read_answer(reader: &mut BufReader<TcpStream>) -> Result<u16, String> {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| format!("not an HTTP status line: {line:?}"))?;
-    let mut length = 0;
+    let (mut length, mut hit) = (0, false);
     loop {
         line.clear();
         if reader.read_line(&mut line).map_err(|e| e.to_string())? == 0 {
@@ -173,12 +188,14 @@ fn read_answer(reader: &mut BufReader<TcpStream>) -> Result<u16, String> {
                     .trim()
                     .parse()
                     .map_err(|_| format!("bad content-length: {value}"))?;
+            } else if name.eq_ignore_ascii_case("cache-status") {
+                hit = value.split(';').any(|part| part.trim() == "hit");
             }
         }
     }
     let mut body = vec![0; length];
     reader.read_exact(&mut body).map_err(|e| e.to_string())?;
-    Ok(status)
+    Ok((status, hit))
 }
 
 /// A backend answering every bodyless or content-length request with fixed

@@ -13,13 +13,15 @@
 # which noise does not move.
 #
 #   bash benches/telemetry_cost.sh      ROUNDS=5 SECS=10 INSTRUCTIONS=1 bash benches/telemetry_cost.sh
+# Both builds plain (not profile-guided): the same build kind on each side.
+PGO=0
 source "$(dirname "$0")/lib.sh"
 need nginx wrk python3
 ROUNDS=${ROUNDS:-3} SECS=${SECS:-5} CONNS=${CONNS:-50}
 off_bin=target/release/portcullis-no-telemetry
 cargo build --release --locked --features bench-no-telemetry
 cp target/release/portcullis "$off_bin"
-cargo build --release --locked # back to the released build, which BIN names
+cargo build --release --locked # back to the plain build with telemetry, which BIN names
 
 backend=$(free_port)
 start_backend "$backend" 0

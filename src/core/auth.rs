@@ -54,7 +54,9 @@ struct DigestHasher(u64);
 
 impl Hasher for DigestHasher {
     fn write(&mut self, bytes: &[u8]) {
-        // The digest itself; shorter writes (a slice's length) mix in.
+        // The digest's first eight bytes, and the slice's length prefix (a
+        // constant 8-byte write on 64-bit targets) XORed in; a shorter write
+        // (the length on a 32-bit target) mixes in byte by byte.
         match bytes.first_chunk::<8>() {
             Some(word) => self.0 ^= u64::from_ne_bytes(*word),
             None => {
